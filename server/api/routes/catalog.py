@@ -1,0 +1,30 @@
+"""What a spec can name: models and datasets (with augmentation presets)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query
+
+from server.schemas import ModelInfo
+
+router = APIRouter(tags=["catalog"])
+
+
+@router.get("/models", response_model=list[ModelInfo])
+def models(
+    img_size: int = Query(32, ge=4, le=1024), in_chans: int = Query(3, ge=1, le=4), num_classes: int = Query(10, ge=1, le=100_000)
+) -> list[dict[str, Any]]:
+    """Registered models with their defaults and parameter counts at the given input size."""
+    from vitmodels import describe_models
+
+    return describe_models(img_size=img_size, in_chans=in_chans, num_classes=num_classes)
+
+
+@router.get("/datasets")
+def datasets() -> dict[str, list[str]]:
+    """Dataset names and augmentation presets."""
+    from worker.augment import list_augments
+    from worker.data import list_datasets
+
+    return {"datasets": list_datasets(), "augments": list_augments()}

@@ -1,0 +1,44 @@
+"""A sweep's report: self-contained HTML, or Markdown zipped with its figures."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, HTTPException, status
+from fastapi.responses import HTMLResponse, Response
+
+from server import report
+from server.api.deps import BackendsDep, SettingsDep
+from server.api.routes.sweeps import SweepId
+from server.exceptions import NotFoundError
+
+router = APIRouter(prefix="/sweeps", tags=["reports"])
+
+
+@router.get(
+    "/{sweep_id}/report",
+    response_class=HTMLResponse,
+    responses={
+        200: {"content": {"text/html": {}, "application/zip": {}}, "description": "The report"},
+        404: {"description": "No such sweep"},
+    },
+)
+def sweep_report(
+    backends: BackendsDep, settings: SettingsDep, sweep_id: SweepId, format: Literal["html", "md"] = "html"
+) -> Response:
+    """The sweep's report: comparison table, validation curves, the objective against each searched parameter,
+    parameter importances, links to MLflow runs and Optuna dashboard.
+
+    ``format=html`` (default): one self-contained page, figures inline. ``format=md``: a zip of ``report.md``
+    and the PNG figures it refers to.
+    """
+    try:
+        built = report.build(backends, settings, sweep_id)
+    except NotFoundError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+    if format == "md":
+        return Response(
+            report.bundle(built), media_type="application/zip",
+            headers={"Content-Disposition": f'attachment; filename="sweep-{sweep_id}-report.zip"'},
+        )
+    return HTMLResponse(report.render_html(built))

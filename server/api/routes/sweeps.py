@@ -1,0 +1,217 @@
+"""Sweeps: submit (JSON or YAML), list, get, trials, add trials, cancel, pause, resume."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import yaml
+from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+
+from server import store
+from server.api.deps import Authorized, BackendsDep, SessionsDep, SettingsDep
+from server.exceptions import BackendError, ConflictError, NotFoundError
+from server.models import SweepState, Trial, TrialState
+from server.schemas import SweepPage, SweepPublic, TrialPublic, TrialsAdd
+from server.spec import ExperimentSpec, SpecError, check_document, validate_plan
+
+router = APIRouter(prefix="/sweeps", tags=["sweeps"])
+
+MAX_ID = 2**31 - 1  # ids are 32-bit integer columns; larger ones cannot exist and must not reach the database
+SweepId = Annotated[int, PathParam(ge=1, le=MAX_ID, description="A sweep's id.")]
+
+YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
+# A valid spec for the docs' "Try it out" (and for schemathesis' examples phase).
+EXAMPLE_SPEC: dict[str, Any] = {
+    "name": "vit-digits-lr",
+    "dataset": {"name": "digits", "img_size": 16, "augment": "none"},
+    "model": {"name": "vit", "arch": {"patch_size": 4, "num_layers": 2, "num_heads": 2, "hidden_dim": 32, "mlp_dim": 64}},
+    "train": {"epochs": 5, "batch_size": 64, "lr": 1e-3},
+    "search": {"sampler": "tpe", "n_trials": 4, "space": {"train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}},
+}
+SPEC_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/ExperimentSpec"}, "example": EXAMPLE_SPEC},
+        **{t: {"schema": {"$ref": "#/components/schemas/ExperimentSpec"}} for t in YAML_TYPES[:1]},
+    },
+}
+
+
+def _public(view: store.SweepView, *, with_spec: bool = False) -> SweepPublic:
+    s = view.sweep
+    search = s.spec.get("search") or {}
+    return SweepPublic(
+        id=s.id, name=s.name, state=s.state, model=s.model, dataset=s.dataset, metric=s.metric,
+        direction=s.direction, objectives=search.get("metrics") or [s.metric],
+        directions=search.get("directions") or [s.direction], n_trials=s.n_trials,
+        max_concurrent_trials=s.max_concurrent, deadline=s.deadline, counts=view.counts,
+        best_trial=TrialPublic.model_validate(view.best) if view.best is not None else None,
+        pareto_front=[t.number for t in view.pareto] if view.pareto is not None else None,
+        study_name=s.study_name, mlflow_experiment_id=s.mlflow_experiment_id, mlflow_run_id=s.mlflow_run_id,
+        error=s.error, created_at=s.created_at, updated_at=s.updated_at, finished_at=s.finished_at,
+        spec=s.spec if with_spec else None,
+    )
+
+
+def _bad_body(msg: str, typ: str = "body_parse") -> RequestValidationError:
+    return RequestValidationError([{"loc": ("body",), "msg": msg, "type": typ}])
+
+
+async def parse_spec_body(request: Request, max_bytes: int) -> ExperimentSpec:
+    """Read a JSON or YAML spec; every failure becomes a 4xx naming the problem (and its field path)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"the spec is larger than {max_bytes} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():  # a chunked body without a length is cut off at the limit, not buffered
+        size += len(chunk)
+        if size > max_bytes:
+            raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"the spec is larger than {max_bytes} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if not body.strip():
+        raise _bad_body("the request body is empty; send an experiment spec as JSON or YAML")
+    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _bad_body("the spec is not valid UTF-8") from None
+    if ctype in YAML_TYPES:
+        try:
+            data = yaml.safe_load(text)  # safe_load: no Python tags, nothing executed
+        except yaml.YAMLError as exc:
+            raise _bad_body(f"malformed YAML: {exc}") from None
+        except (ValueError, RecursionError) as exc:  # an integer of more than 4300 digits; absurd nesting
+            raise _bad_body(f"malformed YAML: {type(exc).__name__}: {str(exc)[:200]}") from None
+    elif ctype in ("application/json", "text/json", "", "*/*"):
+        try:
+            data = json.loads(text)
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError, like a too-long integer
+            raise _bad_body(f"malformed JSON: {str(exc)[:200] or type(exc).__name__}") from None
+    else:
+        raise HTTPException(
+            status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, f"send the spec as application/json or application/yaml, not {ctype!r}"
+        )
+    if not isinstance(data, dict):
+        raise _bad_body(f"the spec must be a mapping at the top level, got {type(data).__name__}", "model_type")
+    try:
+        check_document(data)
+    except SpecError as exc:
+        raise RequestValidationError([{"loc": ("body", *exc.loc), "msg": exc.msg, "type": "value_error"}]) from None
+    try:
+        spec = ExperimentSpec.model_validate(data)
+    except ValidationError as exc:
+        errors = [
+            {"loc": ("body", *e["loc"]), "msg": e["msg"], "type": e["type"], **({"input": e["input"]} if _small(e.get("input")) else {})}
+            for e in exc.errors(include_url=False, include_context=False)
+        ]
+        raise RequestValidationError(errors) from None
+    try:
+        validate_plan(spec)
+    except SpecError as exc:
+        raise RequestValidationError([{"loc": ("body", *exc.loc), "msg": exc.msg, "type": "value_error"}]) from None
+    return spec
+
+
+def _small(value: Any) -> bool:
+    return isinstance(value, (int, float, str, bool)) and len(str(value)) < 200
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=SweepPublic,
+    dependencies=[Authorized],
+    openapi_extra={"requestBody": SPEC_BODY},
+    responses={
+        413: {"description": "Body too large"},
+        415: {"description": "Neither JSON nor YAML"},
+        503: {"description": "Optuna or MLflow unavailable; nothing stored"},
+    },
+)
+async def submit_sweep(request: Request, backends: BackendsDep, settings: SettingsDep) -> SweepPublic:
+    """Validate an experiment spec (JSON or YAML), store it, create its Optuna study and queue its trials."""
+    spec = await parse_spec_body(request, settings.max_body_bytes)
+    try:
+        sweep = store.create_sweep(backends, spec)
+    except BackendError as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
+    return _public(store.get_sweep(backends.sessions, sweep.id), with_spec=True)
+
+
+@router.get("", response_model=SweepPage)
+def list_sweeps(
+    sessions: SessionsDep,
+    state: SweepState | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+) -> SweepPage:
+    """Sweeps, newest first, optionally only those in one state."""
+    views, total = store.list_sweeps(sessions, state=state, limit=limit, offset=offset)
+    return SweepPage(items=[_public(v) for v in views], total=total, limit=limit, offset=offset)
+
+
+def _get(sessions: SessionsDep, sweep_id: int) -> store.SweepView:
+    try:
+        return store.get_sweep(sessions, sweep_id)
+    except NotFoundError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+
+
+
+@router.get("/{sweep_id}", response_model=SweepPublic, responses={404: {"description": "No such sweep"}})
+def get_sweep(sessions: SessionsDep, sweep_id: SweepId) -> SweepPublic:
+    """A sweep's state, trial counts by state, best trial so far, and its spec."""
+    return _public(_get(sessions, sweep_id), with_spec=True)
+
+
+@router.get("/{sweep_id}/trials", response_model=list[TrialPublic], responses={404: {"description": "No such sweep"}})
+def list_trials(sessions: SessionsDep, sweep_id: SweepId, state: TrialState | None = None) -> list[Trial]:
+    """Every trial of a sweep: params, state, metrics, MLflow run, worker, times."""
+    try:
+        return store.list_trials(sessions, sweep_id, state=state)
+    except NotFoundError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+
+
+def _control(fn: Any, *args: Any) -> SweepPublic:
+    try:
+        return _public(fn(*args))
+    except NotFoundError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+    except ConflictError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+
+
+CONTROL_RESPONSES: dict[int | str, dict[str, Any]] = {404: {"description": "No such sweep"}, 409: {"description": "Wrong state"}}
+
+
+@router.post("/{sweep_id}/cancel", response_model=SweepPublic, dependencies=[Authorized], responses=CONTROL_RESPONSES)
+def cancel_sweep(backends: BackendsDep, sweep_id: SweepId) -> SweepPublic:
+    """Cancel: queued trials are dropped now, running ones stop at their next epoch boundary."""
+    return _control(store.cancel_sweep, backends, sweep_id)
+
+
+@router.post(
+    "/{sweep_id}/trials", response_model=SweepPublic, dependencies=[Authorized],
+    responses={404: {"description": "No such sweep"}, 409: {"description": "A grid, or a cancelled or failed sweep"}},
+)
+def add_trials(backends: BackendsDep, sweep_id: SweepId, body: TrialsAdd) -> SweepPublic:
+    """Queue more trials of a search; a completed sweep runs again. Grids are fixed (409)."""
+    return _control(store.add_trials, backends, sweep_id, body.n)
+
+
+@router.post("/{sweep_id}/pause", response_model=SweepPublic, dependencies=[Authorized], responses=CONTROL_RESPONSES)
+def pause_sweep(sessions: SessionsDep, sweep_id: SweepId) -> SweepPublic:
+    """Pause: no new trials start; running ones finish."""
+    return _control(store.set_paused, sessions, sweep_id, True)
+
+
+@router.post("/{sweep_id}/resume", response_model=SweepPublic, dependencies=[Authorized], responses=CONTROL_RESPONSES)
+def resume_sweep(sessions: SessionsDep, sweep_id: SweepId) -> SweepPublic:
+    """Resume a paused sweep."""
+    return _control(store.set_paused, sessions, sweep_id, False)

@@ -1,0 +1,290 @@
+"""The trial queue, kept in the ``sweep_trials`` table.
+
+A claim is one atomic ``UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING`` on
+PostgreSQL; on SQLite the same statement runs in a ``BEGIN IMMEDIATE`` transaction, so one writer at a
+time. A claimed trial carries a lease that its worker renews by heartbeat; an expired lease sends the trial
+back to the queue (or fails it once it has used up its attempts).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, Result, and_, func, or_, select, update
+from sqlalchemy.orm import Session, aliased, sessionmaker
+
+from server.core.db import write_session
+from server.models import Sweep, SweepState, Trial, TrialState, utcnow
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A trial handed to one worker."""
+
+    trial_id: int
+    sweep_id: int
+    number: int
+    attempts: int
+    params: dict[str, Any] | None
+    slug: str | None
+    optuna_trial_id: int | None
+    optuna_trial_number: int | None
+    mlflow_run_id: str | None
+    epochs_done: int
+    sweep_name: str
+    spec: dict[str, Any]
+    study_name: str
+    parent_run_id: str | None
+
+    @property
+    def resuming(self) -> bool:
+        return self.optuna_trial_id is not None
+
+
+@dataclass(frozen=True)
+class Expired:
+    """A trial whose worker stopped heartbeating and which has no attempts left: failed by the reaper."""
+
+    trial_id: int
+    optuna_trial_id: int | None
+    mlflow_run_id: str | None
+
+
+def reap_expired(sessions: sessionmaker[Session], max_attempts: int) -> list[Expired]:
+    """Requeue running trials whose lease ran out; fail those that used up their attempts."""
+    now = utcnow()
+    expired = and_(Trial.state == TrialState.running, Trial.lease_expires_at < now)
+    with write_session(sessions) as session:
+        session.execute(
+            update(Trial)
+            .where(expired, Trial.attempts < max_attempts)
+            .values(state=TrialState.queued, worker_id=None, lease_expires_at=None, error="lease expired; requeued")
+        )
+        failed = session.execute(
+            update(Trial)
+            .where(expired, Trial.attempts >= max_attempts)
+            .values(
+                state=TrialState.failed,
+                lease_expires_at=None,
+                finished_at=now,
+                error=f"worker lost {max_attempts} times (lease expired); giving up",
+            )
+            .returning(Trial.id, Trial.optuna_trial_id, Trial.mlflow_run_id, Trial.sweep_id)
+        ).all()
+        for row in failed:
+            _maybe_finish_sweep(session, row.sweep_id)
+    return [Expired(r.id, r.optuna_trial_id, r.mlflow_run_id) for r in failed]
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    """What ``expire_deadlines`` did: trials it cancelled that had started once (their Optuna trial and MLflow
+    run need closing too), and sweeps it ended (their MLflow parent run needs closing)."""
+
+    cancelled: list[Expired]
+    ended_sweeps: list[int]
+
+
+def expire_deadlines(sessions: sessionmaker[Session]) -> Deadlines:
+    """Cancel the queued trials of running or paused sweeps past their deadline (``search.timeout``); end such
+    sweeps once nothing of theirs runs. Running trials finish, and the last one to finish ends its sweep."""
+    now = utcnow()
+    due = select(Sweep.id).where(Sweep.deadline < now, Sweep.state.in_([SweepState.running, SweepState.paused]))
+    with sessions() as session:  # a plain read first: nearly always nothing is due, and then nothing is written
+        if not session.scalars(due.limit(1)).first():
+            return Deadlines([], [])
+    with write_session(sessions) as session:
+        sweep_ids = list(session.scalars(due))
+        cancelled = session.execute(
+            update(Trial)
+            .where(Trial.sweep_id.in_(sweep_ids), Trial.state == TrialState.queued)
+            .values(state=TrialState.cancelled, finished_at=now, lease_expires_at=None, worker_id=None,
+                    error="the sweep's timeout passed before this trial ran")
+            .returning(Trial.id, Trial.optuna_trial_id, Trial.mlflow_run_id)
+        ).all()
+        ended = [i for i in sweep_ids if _maybe_finish_sweep(session, i) is SweepState.completed]
+    started = [Expired(r.id, r.optuna_trial_id, r.mlflow_run_id) for r in cancelled if r.optuna_trial_id is not None]
+    return Deadlines(started, ended)
+
+
+def claim(sessions: sessionmaker[Session], worker_id: str, device: str, lease_seconds: float) -> Claim | None:
+    """Atomically take the oldest queued trial of a running sweep, or return None.
+
+    Sweeps past their deadline are skipped (``expire_deadlines`` cancels their queued trials), and so are
+    sweeps with ``max_concurrent`` trials running. Counting running trials under ``SKIP LOCKED`` alone would
+    race on PostgreSQL (two claimers each count before the other commits), so the rows of the running limited
+    sweeps are locked first, in id order: a claimer in a limited sweep waits for the one before it to commit,
+    and its claim statement's snapshot, taken after that, sees the other's trial running. Unlimited sweeps
+    take no such lock and are claimed in parallel. On SQLite the write transaction already excludes every
+    other writer. The claim itself stays one statement.
+    """
+    now = utcnow()
+    running = aliased(Trial)
+    n_running = (
+        select(func.count())
+        .select_from(running)
+        .where(running.sweep_id == Sweep.id, running.state == TrialState.running)
+        .scalar_subquery()
+    )
+    with write_session(sessions) as session:
+        limited = session.scalars(
+            select(Sweep.id)
+            .where(Sweep.state == SweepState.running, Sweep.max_concurrent.is_not(None))
+            .order_by(Sweep.id)
+            .with_for_update(key_share=True)  # FOR NO KEY UPDATE: inserting trials (FK checks) is not blocked
+        ).all()
+        candidate = (
+            select(Trial.id)
+            .join(Sweep, Sweep.id == Trial.sweep_id)
+            .where(
+                Trial.state == TrialState.queued,
+                Sweep.state == SweepState.running,
+                or_(Sweep.deadline.is_(None), Sweep.deadline > now),
+                or_(Sweep.max_concurrent.is_(None), and_(Sweep.id.in_(limited), n_running < Sweep.max_concurrent)),
+            )
+            .order_by(Trial.sweep_id, Trial.number)
+            .limit(1)
+            .with_for_update(skip_locked=True, of=Trial)
+            .scalar_subquery()
+        )
+        row = session.execute(
+            update(Trial)
+            .where(Trial.id == candidate, Trial.state == TrialState.queued)
+            .values(
+                state=TrialState.running,
+                worker_id=worker_id,
+                device=device,
+                attempts=Trial.attempts + 1,
+                started_at=func.coalesce(Trial.started_at, now),
+                heartbeat_at=now,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                error=None,
+            )
+            .returning(Trial.id)
+            .execution_options(synchronize_session=False)
+        ).scalar_one_or_none()
+        if row is None:
+            return None
+        trial = session.get_one(Trial, row, populate_existing=True)
+        sweep = trial.sweep
+        return Claim(
+            trial_id=trial.id,
+            sweep_id=sweep.id,
+            number=trial.number,
+            attempts=trial.attempts,
+            params=trial.params,
+            slug=trial.slug,
+            optuna_trial_id=trial.optuna_trial_id,
+            optuna_trial_number=trial.optuna_trial_number,
+            mlflow_run_id=trial.mlflow_run_id,
+            epochs_done=trial.epochs_done,
+            sweep_name=sweep.name,
+            spec=sweep.spec,
+            study_name=sweep.study_name or "",
+            parent_run_id=sweep.mlflow_run_id,
+        )
+
+
+def _rowcount(result: Result[Any]) -> int:
+    """Rows an UPDATE matched (``Session.execute`` is typed as returning a plain ``Result``)."""
+    return cast(CursorResult[Any], result).rowcount
+
+
+def _owned(trial_id: int, worker_id: str) -> Any:
+    return and_(Trial.id == trial_id, Trial.worker_id == worker_id, Trial.state == TrialState.running)
+
+
+def attach(
+    sessions: sessionmaker[Session], trial_id: int, worker_id: str, *, params: dict[str, Any],
+    optuna_trial_id: int, optuna_trial_number: int, mlflow_run_id: str,
+) -> bool:
+    """Record the Optuna trial and MLflow run of a freshly claimed trial."""
+    with write_session(sessions) as session:
+        result = session.execute(
+            update(Trial)
+            .where(_owned(trial_id, worker_id))
+            .values(params=params, optuna_trial_id=optuna_trial_id, optuna_trial_number=optuna_trial_number,
+                    mlflow_run_id=mlflow_run_id)
+        )
+        return _rowcount(result) == 1
+
+
+@dataclass(frozen=True)
+class Beat:
+    """What a heartbeat learns: whether the lease is still ours, and whether the sweep wants the trial to stop."""
+
+    owned: bool
+    stop_reason: str | None = None
+
+
+def heartbeat(
+    sessions: sessionmaker[Session], trial_id: int, worker_id: str, lease_seconds: float, *,
+    epochs_done: int | None = None, value: float | None = None,
+) -> Beat:
+    now = utcnow()
+    values: dict[str, Any] = {"heartbeat_at": now, "lease_expires_at": now + timedelta(seconds=lease_seconds)}
+    if epochs_done is not None:
+        values["epochs_done"] = epochs_done
+    if value is not None:
+        values["value"] = value
+    with write_session(sessions) as session:
+        result = session.execute(update(Trial).where(_owned(trial_id, worker_id)).values(**values))
+        if _rowcount(result) != 1:
+            return Beat(owned=False, stop_reason="lease lost")
+        state = session.scalar(select(Sweep.state).join(Trial, Trial.sweep_id == Sweep.id).where(Trial.id == trial_id))
+        if state == SweepState.cancelled:
+            return Beat(owned=True, stop_reason="sweep cancelled")
+        return Beat(owned=True)
+
+
+def finish(
+    sessions: sessionmaker[Session], trial_id: int, worker_id: str, state: TrialState, *,
+    value: float | None = None, metrics: dict[str, Any] | None = None, error: str | None = None,
+    epochs_done: int | None = None,
+) -> tuple[bool, SweepState | None]:
+    """Write a trial's outcome; returns (written, new sweep state if this finished the sweep)."""
+    assert state.finished, state
+    now = utcnow()
+    values: dict[str, Any] = {"state": state, "finished_at": now, "lease_expires_at": None, "error": error}
+    if value is not None:
+        values["value"] = value
+    if metrics is not None:
+        values["metrics"] = metrics
+    if epochs_done is not None:
+        values["epochs_done"] = epochs_done
+    with write_session(sessions) as session:
+        result = session.execute(update(Trial).where(_owned(trial_id, worker_id)).values(**values))
+        if _rowcount(result) != 1:
+            return False, None
+        sweep_id = session.scalar(select(Trial.sweep_id).where(Trial.id == trial_id))
+        assert sweep_id is not None
+        return True, _maybe_finish_sweep(session, sweep_id)
+
+
+def release(sessions: sessionmaker[Session], trial_id: int, worker_id: str, *, epochs_done: int, reason: str) -> bool:
+    """Give a running trial back to the queue (graceful shutdown); it will resume from its checkpoint."""
+    with write_session(sessions) as session:
+        result = session.execute(
+            update(Trial)
+            .where(_owned(trial_id, worker_id))
+            .values(state=TrialState.queued, worker_id=None, lease_expires_at=None, epochs_done=epochs_done,
+                    attempts=Trial.attempts - 1, error=reason)
+        )
+        return _rowcount(result) == 1
+
+
+def _maybe_finish_sweep(session: Session, sweep_id: int) -> SweepState | None:
+    """Mark a running or paused sweep completed once none of its trials is queued or running."""
+    open_trials = session.scalar(
+        select(func.count()).where(Trial.sweep_id == sweep_id, Trial.state.in_([TrialState.queued, TrialState.running]))
+    )
+    if open_trials:
+        return None
+    result = session.execute(
+        update(Sweep)
+        .where(Sweep.id == sweep_id, Sweep.state.in_([SweepState.running, SweepState.paused]))
+        .values(state=SweepState.completed, finished_at=utcnow())
+    )
+    return SweepState.completed if _rowcount(result) == 1 else None

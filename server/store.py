@@ -1,0 +1,258 @@
+"""Sweep-level operations on the SQL store: create (with its Optuna study and MLflow run), read, control.
+
+Plain functions taking a session factory and the backends; the API layer and the CLI both call these.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import optuna
+from sqlalchemy import Select, delete, func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from server import studies
+from server.core.db import write_session
+from server.exceptions import BackendError, ConflictError, NotFoundError
+from server.models import FINISHED_SWEEP_STATES, Sweep, SweepState, Trial, TrialState, utcnow
+from server.spec import MAX_TRIALS, ExperimentSpec, slug
+from server.tracking import TAG_STATE, Tracker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Backends:
+    """What a process needs to create and run sweeps; created once per process and passed around."""
+
+    sessions: sessionmaker[Session]
+    storage: optuna.storages.BaseStorage
+    tracker: Tracker
+
+
+def create_sweep(backends: Backends, spec: ExperimentSpec) -> Sweep:
+    """Store the sweep and its queued trials, create its Optuna study and MLflow parent run, then open it.
+
+    The row is written first as ``pending`` (invisible to workers); if Optuna or MLflow fail, it is deleted
+    again, so a failed submission leaves nothing behind.
+    """
+    spec_json = spec.model_dump(mode="json")
+    points = spec.grid_points() if spec.is_grid else [None] * spec.planned_trials()
+    with write_session(backends.sessions) as session:
+        sweep = Sweep(
+            name=spec.name,
+            state=SweepState.pending,
+            spec=spec_json,
+            metric=spec.metric,
+            direction=spec.direction,
+            n_trials=len(points),
+            model=spec.model.name,
+            dataset=spec.dataset.name,
+            max_concurrent=spec.max_concurrent_trials,
+        )
+        session.add(sweep)
+        session.flush()
+        session.add_all(
+            Trial(sweep_id=sweep.id, number=i, params=p, slug=slug(p) if p is not None else None, state=TrialState.queued)
+            for i, p in enumerate(points)
+        )
+        sweep_id = sweep.id
+    name = studies.study_name(sweep_id, spec.name)
+    try:
+        studies.create_study(backends.storage, name, spec, sweep_id)
+        run_id = backends.tracker.start_sweep(sweep_id, spec.name, spec_json, name)
+    except Exception as exc:
+        log.exception("creating the study or MLflow run of sweep %s failed; removing it", sweep_id)
+        studies.delete_study(backends.storage, name)
+        with write_session(backends.sessions) as session:
+            session.execute(delete(Trial).where(Trial.sweep_id == sweep_id))
+            session.execute(delete(Sweep).where(Sweep.id == sweep_id))
+        raise BackendError(f"could not create the sweep's study or tracking run: {exc}") from exc
+    with write_session(backends.sessions) as session:
+        sweep = session.get_one(Sweep, sweep_id)
+        sweep.study_name = name
+        sweep.mlflow_run_id = run_id
+        sweep.mlflow_experiment_id = backends.tracker.experiment_id
+        sweep.state = SweepState.running
+        if spec.timeout is not None:  # the clock starts when workers can first claim its trials
+            sweep.deadline = utcnow() + timedelta(seconds=spec.timeout)
+    return sweep
+
+
+def add_trials(backends: Backends, sweep_id: int, n: int) -> SweepView:
+    """Queue ``n`` more trials of a search. A completed sweep opens again (running); a paused one stays paused.
+
+    A sweep whose timeout has passed gets a fresh one from now. Grids are fixed (ConflictError), and so are
+    cancelled and failed sweeps.
+    """
+    with write_session(backends.sessions) as session:
+        # Lock the row: two concurrent additions must not number their trials alike.
+        sweep = session.scalar(_visible().where(Sweep.id == sweep_id).with_for_update())
+        if sweep is None:
+            raise NotFoundError("sweep", sweep_id)
+        spec = ExperimentSpec.model_validate(sweep.spec)
+        if spec.is_grid:
+            raise ConflictError(f"sweep {sweep_id} is a grid: its {sweep.n_trials} trials are fixed; submit another sweep")
+        if sweep.state in (SweepState.cancelled, SweepState.failed):
+            raise ConflictError(f"sweep {sweep_id} is {sweep.state.value}; only running, paused or completed sweeps take trials")
+        if sweep.n_trials + n > MAX_TRIALS:
+            raise ConflictError(f"sweep {sweep_id} has {sweep.n_trials} trials; at most {MAX_TRIALS} in all")
+        last = session.scalar(select(func.max(Trial.number)).where(Trial.sweep_id == sweep_id))
+        first = 0 if last is None else last + 1
+        session.add_all(Trial(sweep_id=sweep_id, number=first + i, state=TrialState.queued) for i in range(n))
+        sweep.n_trials += n
+        now = utcnow()
+        if spec.timeout is not None and sweep.deadline is not None and sweep.deadline <= now:
+            sweep.deadline = now + timedelta(seconds=spec.timeout)
+        reopened = sweep.state == SweepState.completed
+        if reopened:
+            sweep.state = SweepState.running
+            sweep.finished_at = None
+        run_id = sweep.mlflow_run_id
+    if reopened and run_id:
+        try:
+            backends.tracker.client.update_run(run_id, status="RUNNING")
+            backends.tracker.client.set_tag(run_id, TAG_STATE, SweepState.running.value)
+        except Exception:  # MLflow being down must not undo the addition; the run is closed again at the end
+            log.exception("could not reopen the MLflow run of sweep %s", sweep_id)
+    return get_sweep(backends.sessions, sweep_id)
+
+
+def close_sweep_run(backends: Backends, sweep_id: int) -> None:
+    """Finish the MLflow parent run of a sweep that has just ended, with its best value."""
+    view = get_sweep(backends.sessions, sweep_id)
+    if not view.sweep.mlflow_run_id:
+        return
+    best = {view.sweep.metric: view.best.value} if view.best is not None and view.best.value is not None else {}
+    backends.tracker.finish_sweep(view.sweep.mlflow_run_id, view.sweep.state.value, best)
+
+
+@dataclass
+class SweepView:
+    """A sweep with its trial counts by state and its best trial: the one best on the first objective (for
+    several objectives, ``pareto`` holds the completed trials no other trial beats on every objective)."""
+
+    sweep: Sweep
+    counts: dict[str, int] = field(default_factory=dict)
+    best: Trial | None = None
+    pareto: list[Trial] | None = None
+
+
+def _visible() -> Select[Any]:
+    return select(Sweep).where(Sweep.state != SweepState.pending)
+
+
+def list_sweeps(
+    sessions: sessionmaker[Session], *, state: SweepState | None = None, limit: int = 50, offset: int = 0
+) -> tuple[list[SweepView], int]:
+    with sessions() as session:
+        query = _visible()
+        if state is not None:
+            query = query.where(Sweep.state == state)
+        total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+        sweeps = list(session.scalars(query.order_by(Sweep.id.desc()).limit(limit).offset(offset)))
+        counts = _counts(session, [s.id for s in sweeps])
+        return [SweepView(s, counts.get(s.id, {})) for s in sweeps], total
+
+
+def get_sweep(sessions: sessionmaker[Session], sweep_id: int) -> SweepView:
+    with sessions() as session:
+        sweep = session.scalar(_visible().where(Sweep.id == sweep_id))
+        if sweep is None:
+            raise NotFoundError("sweep", sweep_id)
+        return SweepView(sweep, _counts(session, [sweep_id]).get(sweep_id, {}), _best(session, sweep), _pareto(session, sweep))
+
+
+def _counts(session: Session, sweep_ids: list[int]) -> dict[int, dict[str, int]]:
+    if not sweep_ids:
+        return {}
+    rows = session.execute(
+        select(Trial.sweep_id, Trial.state, func.count()).where(Trial.sweep_id.in_(sweep_ids)).group_by(Trial.sweep_id, Trial.state)
+    )
+    out: dict[int, dict[str, int]] = {i: {s.value: 0 for s in TrialState} for i in sweep_ids}
+    for sweep_id, state, n in rows:
+        out[sweep_id][TrialState(state).value] = n
+    return out
+
+
+def _best(session: Session, sweep: Sweep) -> Trial | None:
+    order = Trial.value.desc() if sweep.direction == "maximize" else Trial.value.asc()
+    return session.scalar(
+        select(Trial)
+        .where(Trial.sweep_id == sweep.id, Trial.value.is_not(None), Trial.state == TrialState.completed)
+        .order_by(order, Trial.number)
+        .limit(1)
+    )
+
+
+def _pareto(session: Session, sweep: Sweep) -> list[Trial] | None:
+    """The Pareto front of a multi-objective sweep's completed trials, by number; None for one objective."""
+    search = sweep.spec.get("search") or {}
+    names, directions = search.get("metrics"), search.get("directions")
+    if not names or not directions:
+        return None
+    done = session.scalars(
+        select(Trial).where(Trial.sweep_id == sweep.id, Trial.state == TrialState.completed).order_by(Trial.number)
+    ).all()
+    signs = [1.0 if d == "maximize" else -1.0 for d in directions]
+    points: list[tuple[Trial, list[float]]] = []
+    for t in done:
+        told = (t.metrics or {}).get("objectives") or {}
+        if all(isinstance(told.get(n), (int, float)) for n in names):
+            points.append((t, [s * float(told[n]) for s, n in zip(signs, names, strict=True)]))
+
+    def beats(a: list[float], b: list[float]) -> bool:
+        return all(x >= y for x, y in zip(a, b, strict=True)) and a != b
+
+    return [t for t, p in points if not any(beats(q, p) for _, q in points)]
+
+
+def list_trials(sessions: sessionmaker[Session], sweep_id: int, *, state: TrialState | None = None) -> list[Trial]:
+    with sessions() as session:
+        if session.scalar(_visible().where(Sweep.id == sweep_id)) is None:
+            raise NotFoundError("sweep", sweep_id)
+        query = select(Trial).where(Trial.sweep_id == sweep_id)
+        if state is not None:
+            query = query.where(Trial.state == state)
+        return list(session.scalars(query.order_by(Trial.number)))
+
+
+def cancel_sweep(backends: Backends, sweep_id: int) -> SweepView:
+    """Cancel a sweep: queued trials are cancelled now; running ones stop at their next epoch boundary."""
+    with write_session(backends.sessions) as session:
+        sweep = session.scalar(_visible().where(Sweep.id == sweep_id))
+        if sweep is None:
+            raise NotFoundError("sweep", sweep_id)
+        if sweep.state in FINISHED_SWEEP_STATES:
+            raise ConflictError(f"sweep {sweep_id} is already {sweep.state.value}")
+        now = utcnow()
+        session.execute(
+            update(Trial)
+            .where(Trial.sweep_id == sweep_id, Trial.state == TrialState.queued)
+            .values(state=TrialState.cancelled, finished_at=now, error="sweep cancelled")
+        )
+        sweep.state = SweepState.cancelled
+        sweep.finished_at = now
+        run_id = sweep.mlflow_run_id
+    if run_id:
+        try:
+            backends.tracker.finish_sweep(run_id, "cancelled")
+        except Exception:  # MLflow being down must not undo a cancel
+            log.exception("could not close the MLflow run of cancelled sweep %s", sweep_id)
+    return get_sweep(backends.sessions, sweep_id)
+
+
+def set_paused(sessions: sessionmaker[Session], sweep_id: int, paused: bool) -> SweepView:
+    """Pause (no new claims; running trials finish) or resume a sweep."""
+    with write_session(sessions) as session:
+        sweep = session.scalar(_visible().where(Sweep.id == sweep_id))
+        if sweep is None:
+            raise NotFoundError("sweep", sweep_id)
+        want_from, want_to = (SweepState.running, SweepState.paused) if paused else (SweepState.paused, SweepState.running)
+        if sweep.state != want_from:
+            raise ConflictError(f"sweep {sweep_id} is {sweep.state.value}; only a {want_from.value} sweep can be {'paused' if paused else 'resumed'}")
+        sweep.state = want_to
+    return get_sweep(sessions, sweep_id)

@@ -1,0 +1,240 @@
+"""MLflow layout: one parent run per sweep, one nested run per trial, params once, metrics with ``step``.
+
+Everything goes through an explicit ``MlflowClient`` (no global active run), so several trials can log from
+one process and nothing leaks between them. Workers send per-epoch metrics from a background thread
+(:meth:`Tracker.start_background`), so training never waits on the tracking store; ending a run or logging
+its summary first waits for those (:meth:`Tracker.flush`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+TAG_SWEEP = "vitsweep.sweep_id"
+TAG_TRIAL = "vitsweep.trial_number"
+TAG_KIND = "vitsweep.kind"
+TAG_STATE = "vitsweep.state"
+TAG_ERROR = "vitsweep.error"
+MAX_PARAM_LEN = 6000
+LOG_ATTEMPTS = 3  # a background metrics batch is tried this often before it is dropped (with a warning)
+log = logging.getLogger(__name__)
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}``; lists stay whole."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, f"{path}."))
+        else:
+            out[path] = value
+    return out
+
+
+def _param_text(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value)
+    return text[:MAX_PARAM_LEN]
+
+
+class Tracker:
+    """Writes the sweep's runs to the MLflow tracking store at ``tracking_uri``."""
+
+    def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path | None = None) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment_name = experiment
+        self.artifact_root = artifact_root
+        self.client = MlflowClient(tracking_uri)
+        self._experiment_id: str | None = None
+        self._pending: queue.Queue[tuple[str, list[Metric]]] | None = None
+        _sqlite_wal(tracking_uri)
+
+    # -- metrics off the training thread ----------------------------------------------------------------
+
+    def start_background(self) -> None:
+        """From now on, ``log_epoch`` queues its batch for a background thread and returns at once.
+
+        Batches are sent one at a time in the order they were queued. A batch that fails ``LOG_ATTEMPTS``
+        times is dropped with a warning: a tracking-store hiccup must not fail a trial that trains fine.
+        """
+        if self._pending is not None:
+            return
+        self._pending = queue.Queue()
+        threading.Thread(target=self._send_pending, args=(self._pending,), daemon=True, name="mlflow-metrics").start()
+
+    def _send_pending(self, pending: queue.Queue[tuple[str, list[Metric]]]) -> None:
+        while True:
+            run_id, batch = pending.get()
+            try:
+                for attempt in range(1, LOG_ATTEMPTS + 1):
+                    try:
+                        self.client.log_batch(run_id, metrics=batch)
+                        break
+                    except Exception:
+                        if attempt == LOG_ATTEMPTS:
+                            log.warning("dropped %d metric(s) of run %s (step %s) after %d attempts", len(batch), run_id,
+                                        batch[0].step if batch else "?", attempt, exc_info=True)
+                        else:
+                            time.sleep(0.5 * attempt)
+            finally:
+                pending.task_done()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every queued metrics batch was sent (or dropped); False if ``timeout`` ran out first."""
+        pending = self._pending
+        if pending is None:
+            return True
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with pending.all_tasks_done:
+            while pending.unfinished_tasks:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                pending.all_tasks_done.wait(left)
+        return True
+
+    @property
+    def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            found = self.client.get_experiment_by_name(self.experiment_name)
+            if found is not None:
+                self._experiment_id = found.experiment_id
+            else:
+                location = None
+                if self.artifact_root is not None and not self.tracking_uri.startswith("http"):
+                    location = (self.artifact_root / self.experiment_name).as_uri()
+                try:
+                    self._experiment_id = self.client.create_experiment(self.experiment_name, artifact_location=location)
+                except Exception:
+                    # Another process created it between our lookup and create.
+                    found = self.client.get_experiment_by_name(self.experiment_name)
+                    if found is None:
+                        raise
+                    self._experiment_id = found.experiment_id
+        return self._experiment_id
+
+    # -- sweeps -----------------------------------------------------------------------------------------
+
+    def start_sweep(self, sweep_id: int, name: str, spec: dict[str, Any], study_name: str) -> str:
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"{name}#{sweep_id}",
+            tags={TAG_SWEEP: str(sweep_id), TAG_KIND: "sweep", "vitsweep.study": study_name},
+        )
+        run_id = run.info.run_id
+        plan = {k: spec[k] for k in ("search", "matrix") if spec.get(k) is not None}
+        params = {"dataset": spec["dataset"]["name"], "model": spec["model"]["name"], **flatten(plan)}
+        self.client.log_batch(run_id, params=[Param(k, _param_text(v)) for k, v in params.items()][:100])
+        self.client.log_text(run_id, yaml.safe_dump(spec, sort_keys=False), "spec.yaml")
+        return run_id
+
+    def finish_sweep(self, run_id: str, state: str, best: Mapping[str, float] | None = None) -> None:
+        if best:
+            self.client.log_batch(run_id, metrics=[Metric(f"best_{k}", float(v), _now_ms(), 0) for k, v in best.items()])
+        self.client.set_tag(run_id, TAG_STATE, state)
+        self.client.set_terminated(run_id, status=_run_status(state))
+
+    # -- trials -----------------------------------------------------------------------------------------
+
+    def start_trial(
+        self, parent_run_id: str, sweep_id: int, number: int, run_name: str, resolved_spec: dict[str, Any],
+        searched: Mapping[str, Any],
+    ) -> str:
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=run_name,
+            tags={MLFLOW_PARENT_RUN_ID: parent_run_id, TAG_SWEEP: str(sweep_id), TAG_TRIAL: str(number), TAG_KIND: "trial"},
+        )
+        run_id = run.info.run_id
+        body = {k: v for k, v in resolved_spec.items() if k in ("dataset", "model", "train")}
+        params = flatten(body)
+        params.update({f"searched.{k}": v for k, v in searched.items()})
+        items = [Param(k, _param_text(v)) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+            self.client.log_batch(run_id, params=items[i : i + 100])
+        self.client.log_text(run_id, yaml.safe_dump(resolved_spec, sort_keys=False), "spec.yaml")
+        return run_id
+
+    def log_epoch(self, run_id: str, epoch: int, metrics: Mapping[str, float]) -> None:
+        now = _now_ms()
+        batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items() if v is not None]
+        if self._pending is not None:
+            self._pending.put((run_id, batch))
+        else:
+            self.client.log_batch(run_id, metrics=batch)
+
+    def logged_steps(self, run_id: str, key: str, *, default: Iterable[int] = ()) -> set[int]:
+        """The steps at which ``key`` was logged to the run (``default`` if MLflow cannot say)."""
+        if not key:
+            return set(default)
+        try:
+            return {m.step for m in self.client.get_metric_history(run_id, key)}
+        except Exception:
+            log.warning("could not read the metric history of run %s", run_id, exc_info=True)
+            return set(default)
+
+    def log_summary(self, run_id: str, summary: Mapping[str, float], step: int) -> None:
+        self.flush()
+        now = _now_ms()
+        batch = [Metric(k, float(v), now, step) for k, v in summary.items() if isinstance(v, (int, float))]
+        self.client.log_batch(run_id, metrics=batch)
+
+    def log_artifacts(self, run_id: str, files: Mapping[str, Path]) -> None:
+        """``files`` maps an artifact sub-directory ("" for the root) to a file or directory."""
+        for subdir, path in files.items():
+            if Path(path).is_dir():
+                self.client.log_artifacts(run_id, str(path), subdir or None)
+            elif Path(path).exists():
+                self.client.log_artifact(run_id, str(path), subdir or None)
+
+    def finish_trial(self, run_id: str, state: str, error: str | None = None) -> None:
+        self.flush()  # the run's last epochs first, then its end
+        tags = [RunTag(TAG_STATE, state)]
+        if error:
+            tags.append(RunTag(TAG_ERROR, error[:5000]))
+        self.client.log_batch(run_id, tags=tags)
+        self.client.set_terminated(run_id, status=_run_status(state))
+
+    def resume_trial(self, run_id: str) -> None:
+        """Mark a trial's run running again when another worker picks it up after a crash."""
+        self.client.update_run(run_id, status="RUNNING")
+
+
+def _sqlite_wal(uri: str) -> None:
+    """MLflow opens SQLite in rollback-journal mode, where one writer blocks every reader; many worker
+    processes log at once, so switch the file to WAL (a persistent, per-database setting)."""
+    if not uri.startswith("sqlite:///"):
+        return
+    import sqlite3
+
+    from sqlalchemy.engine import make_url
+
+    path = make_url(uri).database
+    if not path or path == ":memory:":
+        return
+    with sqlite3.connect(path, timeout=60) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+
+
+def _run_status(state: str) -> str:
+    return {"completed": "FINISHED", "pruned": "FINISHED", "cancelled": "KILLED"}.get(state, "FAILED")
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def run_name(name: str, sweep_id: int, number: int, slug: str | None) -> str:
+    return f"{name}#{sweep_id}/{number}" + (f" {slug}" if slug else "")

@@ -1,0 +1,79 @@
+"""The queue's rules on SQLite and PostgreSQL: order, ownership, leases, release, pause and cancel."""
+
+from __future__ import annotations
+
+from server import queue, store
+from server.models import SweepState, TrialState
+from server.spec import ExperimentSpec
+from tests.helpers import quick_spec
+
+
+def _sweep(backends, n: int = 3, **changes):  # type: ignore[no-untyped-def]
+    spec = quick_spec(search={**quick_spec()["search"], "n_trials": n}, **changes)
+    return store.create_sweep(backends, ExperimentSpec.model_validate(spec))
+
+
+def test_claims_oldest_first_across_sweeps(backends) -> None:  # type: ignore[no-untyped-def]
+    a, b = _sweep(backends, 2), _sweep(backends, 1)
+    got = [queue.claim(backends.sessions, f"w{i}", "cpu", 60) for i in range(4)]
+    assert [(c.sweep_id, c.number) for c in got[:3]] == [(a.id, 0), (a.id, 1), (b.id, 0)]  # type: ignore[union-attr]
+    assert got[3] is None
+    first = got[0]
+    assert first is not None and first.attempts == 1 and not first.resuming
+    assert first.study_name == a.study_name and first.parent_run_id == a.mlflow_run_id
+
+
+def test_only_the_owner_heartbeats_finishes_or_releases(backends) -> None:  # type: ignore[no-untyped-def]
+    sweep = _sweep(backends, 1)
+    claim = queue.claim(backends.sessions, "owner", "cpu", 60)
+    assert claim is not None
+    assert queue.heartbeat(backends.sessions, claim.trial_id, "owner", 60, epochs_done=1, value=0.5).owned
+    assert not queue.heartbeat(backends.sessions, claim.trial_id, "intruder", 60).owned
+    assert queue.finish(backends.sessions, claim.trial_id, "intruder", TrialState.completed, value=1.0) == (False, None)
+    assert not queue.release(backends.sessions, claim.trial_id, "intruder", epochs_done=1, reason="x")
+    written, sweep_state = queue.finish(backends.sessions, claim.trial_id, "owner", TrialState.completed, value=0.75,
+                                        metrics={"params": 10}, epochs_done=1)
+    assert written and sweep_state is SweepState.completed  # its only trial finished
+    view = store.get_sweep(backends.sessions, sweep.id)
+    assert view.sweep.state is SweepState.completed and view.best is not None and view.best.value == 0.75
+    assert view.counts["completed"] == 1
+
+
+def test_release_returns_the_trial_without_spending_an_attempt(backends) -> None:  # type: ignore[no-untyped-def]
+    _sweep(backends, 1)
+    claim = queue.claim(backends.sessions, "w", "cpu", 60)
+    assert claim is not None
+    queue.attach(backends.sessions, claim.trial_id, "w", params={"train.lr": 0.01}, optuna_trial_id=7,
+                 optuna_trial_number=0, mlflow_run_id="run")
+    assert queue.release(backends.sessions, claim.trial_id, "w", epochs_done=3, reason="shutdown")
+    again = queue.claim(backends.sessions, "w2", "cpu", 60)
+    assert again is not None and again.trial_id == claim.trial_id
+    assert again.attempts == 1 and again.resuming and again.epochs_done == 3
+    assert again.params == {"train.lr": 0.01} and again.mlflow_run_id == "run"
+
+
+def test_paused_sweeps_are_not_claimed_and_cancel_reaches_heartbeats(backends) -> None:  # type: ignore[no-untyped-def]
+    sweep = _sweep(backends, 2)
+    running = queue.claim(backends.sessions, "w", "cpu", 60)
+    assert running is not None
+    store.set_paused(backends.sessions, sweep.id, True)
+    assert queue.claim(backends.sessions, "w", "cpu", 60) is None
+    assert queue.heartbeat(backends.sessions, running.trial_id, "w", 60).stop_reason is None  # pause lets it finish
+    store.set_paused(backends.sessions, sweep.id, False)
+    store.cancel_sweep(backends, sweep.id)
+    assert queue.heartbeat(backends.sessions, running.trial_id, "w", 60).stop_reason == "sweep cancelled"
+    assert queue.claim(backends.sessions, "w", "cpu", 60) is None
+    trials = store.list_trials(backends.sessions, sweep.id)
+    assert [t.state for t in trials] == [TrialState.running, TrialState.cancelled]
+
+
+def test_expired_leases_only(backends) -> None:  # type: ignore[no-untyped-def]
+    _sweep(backends, 2)
+    alive = queue.claim(backends.sessions, "alive", "cpu", 60)
+    dead = queue.claim(backends.sessions, "dead", "cpu", -1)
+    assert alive is not None and dead is not None
+    assert queue.reap_expired(backends.sessions, max_attempts=3) == []
+    again = queue.claim(backends.sessions, "new", "cpu", 60)
+    assert again is not None and again.trial_id == dead.trial_id and again.attempts == 2
+    assert queue.heartbeat(backends.sessions, alive.trial_id, "alive", 60).owned
+    assert not queue.heartbeat(backends.sessions, dead.trial_id, "dead", 60).owned  # its lease is gone

@@ -1,0 +1,381 @@
+"""End-to-end tests of ``worker.engine.fit`` on the real digits data and real models, on the CPU."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from server.spec import ExperimentSpec
+from worker.data import DatasetSplits, ImageSet, TensorImageSet, load_dataset
+from worker.engine import EpochReport, FitResult, evaluate, fit, load_checkpoint
+from worker.exceptions import TrialPruned, TrialStopped
+
+CPU = torch.device("cpu")
+IMG_SIZE = 16
+TINY_VIT = {"patch_size": 4, "num_layers": 2, "num_heads": 4, "hidden_dim": 64, "mlp_dim": 128}
+SMALL_CNN = {"width": 16, "depth": 2, "hidden_dim": 64}
+TIMING_KEYS = {"epoch_seconds", "images_per_second"}
+EPOCH_KEYS = {"train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds", "images_per_second",
+              "inputs_seen"}
+SUMMARY_KEYS = {"params", "flops_per_image", "peak_memory_bytes", "svc_acc", "best_val_acc", "best_epoch",
+                "final_train_acc", "final_val_loss", "seconds_per_epoch", "images_per_second", "inputs_seen"}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+# -- helpers ------------------------------------------------------------------------------------------------
+
+
+def make_spec(model: str = "cnn", arch: dict[str, Any] | None = None, augment: str = "none", **train: Any) -> ExperimentSpec:
+    """A resolved single-trial spec on 16x16 gray digits; ``train`` overrides quick defaults."""
+    train = {"epochs": 1, "batch_size": 64, "lr": 2e-3, "num_workers": 0, "svc_probe": False, "plots": False, **train}
+    if arch is None:
+        arch = dict(SMALL_CNN if model == "cnn" else TINY_VIT)
+    spec = ExperimentSpec(
+        name="engine-test",
+        dataset={"name": "digits", "img_size": IMG_SIZE, "in_chans": 1, "augment": augment},
+        model={"name": model, "arch": arch},
+        train=train,
+        matrix={"_": [0]},
+    )
+    return spec.resolve({})
+
+
+def make_model(spec: ExperimentSpec, seed: int = 0) -> nn.Module:
+    from vitmodels import create_model
+
+    torch.manual_seed(seed)
+    return create_model(spec.model.name, num_classes=10, img_size=spec.dataset.img_size,
+                        in_chans=spec.dataset.in_chans, code_size=spec.model.code_size, **spec.model.arch)
+
+
+def run(spec: ExperimentSpec, data: DatasetSplits, workdir: Path, model: nn.Module | None = None,
+        **kwargs: Any) -> tuple[FitResult, list[EpochReport]]:
+    reports: list[EpochReport] = []
+    result = fit(model if model is not None else make_model(spec), data, spec, device=CPU,
+                 on_epoch=reports.append, workdir=workdir, **kwargs)
+    return result, reports
+
+
+def comparable(history: list[dict[str, float]]) -> list[dict[str, float]]:
+    """History without wall-clock figures, which differ between identical runs."""
+    return [{k: v for k, v in h.items() if k not in TIMING_KEYS} for h in history]
+
+
+def assert_png(path: Path) -> None:
+    assert path.is_file(), path
+    assert path.read_bytes()[:8] == PNG_MAGIC, path
+    with Image.open(path) as img:
+        img.verify()
+    with Image.open(path) as img:
+        assert min(img.size) >= 100, (path, img.size)
+
+
+class FileLikeSet(ImageSet):
+    """An in-memory set that says it is not, to drive the DataLoader path."""
+
+    in_memory = False
+
+    def __init__(self, inner: TensorImageSet) -> None:
+        self.inner = inner
+        self.labels = inner.labels
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.inner[index]
+
+    def subset(self, indices: Any) -> FileLikeSet:
+        return FileLikeSet(self.inner.subset(indices))
+
+
+class CountingModel(nn.Module):
+    """Wraps a model and records the size of every training-mode batch it sees."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.batches: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.batches.append(len(x))
+        return self.inner(x)
+
+
+# -- fixtures -----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> DatasetSplits:
+    return load_dataset("digits", root=tmp_path_factory.mktemp("data"), img_size=IMG_SIZE, in_chans=1, seed=0)
+
+
+@pytest.fixture(scope="module")
+def small(digits: DatasetSplits) -> DatasetSplits:
+    """256 training and 128 validation digits: for the mechanics, not the accuracy."""
+    return DatasetSplits(digits.train.subset(range(256)), digits.val.subset(range(128)), digits.classes,
+                         digits.mean, digits.std, digits.name)
+
+
+@dataclass
+class VitRun:
+    spec: ExperimentSpec
+    result: FitResult
+    reports: list[EpochReport]
+    workdir: Path
+
+
+@pytest.fixture(scope="module")
+def vit_run(digits: DatasetSplits, tmp_path_factory: pytest.TempPathFactory) -> VitRun:
+    spec = make_spec("vit", epochs=6, batch_size=32, lr=2e-3, warmup_epochs=0.5, svc_probe=True, plots=True)
+    workdir = tmp_path_factory.mktemp("vit")
+    result, reports = run(spec, digits, workdir)
+    return VitRun(spec, result, reports, workdir)
+
+
+# -- real learning ------------------------------------------------------------------------------------------
+
+
+def test_vit_learns_digits(vit_run: VitRun) -> None:
+    result = vit_run.result
+    assert result.final["val_acc"] >= 0.90, result.history
+    assert result.best_val_acc >= result.final["val_acc"]
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+
+
+def test_cnn_learns_digits(digits: DatasetSplits, tmp_path: Path) -> None:
+    spec = make_spec("cnn", arch={}, epochs=3, batch_size=32, lr=3e-3)
+    result, _ = run(spec, digits, tmp_path)
+    assert result.final["val_acc"] >= 0.90, result.history
+    assert result.artifacts == [] and not (tmp_path / "plots").exists()  # plots switched off
+    assert "svc_acc" not in result.summary  # probe switched off
+
+
+def test_l2_loss_learns(digits: DatasetSplits, tmp_path: Path) -> None:
+    spec = make_spec("cnn", epochs=2, batch_size=32, lr=3e-3, loss="l2")
+    result, _ = run(spec, digits, tmp_path)
+    assert result.final["val_acc"] > 0.5, result.history  # chance is 0.1
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+
+
+# -- reports, summary, plots, checkpoints -------------------------------------------------------------------
+
+
+def test_reports_and_history(vit_run: VitRun) -> None:
+    result, reports = vit_run.result, vit_run.reports
+    assert [r.epoch for r in reports] == list(range(1, 7))
+    assert [h["epoch"] for h in result.history] == list(range(1, 7))
+    for report, entry in zip(reports, result.history, strict=True):
+        assert set(report.metrics) == EPOCH_KEYS
+        assert {k: entry[k] for k in EPOCH_KEYS} == report.metrics
+        assert report.checkpoint == vit_run.workdir / "last.pt"
+        assert all(math.isfinite(v) for v in report.metrics.values())
+        assert 0 <= report.metrics["train_acc"] <= 1 and 0 <= report.metrics["val_acc"] <= 1
+    assert [h["inputs_seen"] for h in result.history] == [1438 * e for e in range(1, 7)]
+    assert result.final == result.history[-1]
+    assert result.best_epoch == max(result.history, key=lambda h: h["val_acc"])["epoch"]
+
+
+def test_summary(vit_run: VitRun) -> None:
+    s, result = vit_run.result.summary, vit_run.result
+    assert SUMMARY_KEYS <= set(s), SUMMARY_KEYS - set(s)
+    assert "mfu" not in s  # GPU only
+    model = make_model(vit_run.spec)
+    assert s["params"] == sum(p.numel() for p in model.parameters())
+    # Patch embedding alone is 16 patches x (16 -> 64) multiply-adds: a lower bound on the forward FLOPs.
+    assert 2 * 16 * 16 * 64 < s["flops_per_image"] < 1e8
+    assert 50e6 < s["peak_memory_bytes"] < 64e9
+    assert 0.8 <= s["svc_acc"] <= 1.0
+    assert s["best_val_acc"] == result.best_val_acc and s["best_epoch"] == result.best_epoch
+    assert s["final_train_acc"] == result.final["train_acc"]
+    assert s["final_val_loss"] == result.final["val_loss"]
+    assert s["seconds_per_epoch"] > 0 and s["images_per_second"] > 0
+    assert s["inputs_seen"] == 6 * 1438
+
+
+def test_plots_are_pngs(vit_run: VitRun) -> None:
+    plots = vit_run.workdir / "plots"
+    names = {"curves.png", "confusion_matrix.png", "misclassified.png"}
+    assert {p.name for p in vit_run.result.artifacts} == names
+    for path in vit_run.result.artifacts:
+        assert path.parent == plots
+        assert_png(path)
+
+
+def test_checkpoints_reload_to_the_same_metrics(vit_run: VitRun, digits: DatasetSplits) -> None:
+    result, spec = vit_run.result, vit_run.spec
+    assert result.checkpoints == {"best": vit_run.workdir / "best.pt", "last": vit_run.workdir / "last.pt"}
+    model = make_model(spec, seed=123)  # different initial weights: everything must come from the file
+    saved = load_checkpoint(result.checkpoints["last"], model)
+    assert saved["epoch"] == 6 and saved["history"] == result.history
+    metrics = evaluate(model, digits, spec, CPU)
+    assert metrics["val_acc"] == result.final["val_acc"]
+    assert metrics["val_loss"] == pytest.approx(result.final["val_loss"], rel=1e-6)
+    saved = load_checkpoint(result.checkpoints["best"], model)
+    assert saved["epoch"] == result.best_epoch
+    assert evaluate(model, digits, spec, CPU)["val_acc"] == result.best_val_acc
+
+
+def test_stn_plot(small: DatasetSplits, tmp_path: Path) -> None:
+    spec = make_spec("vit_stn", max_inputs=64, plots=True)
+    result, _ = run(spec, small, tmp_path)
+    assert "stn.png" in {p.name for p in result.artifacts}
+    assert_png(tmp_path / "plots" / "stn.png")
+
+
+# -- budget, optimisers, schedules, precision ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("max_inputs", [100, 256 + 65, 3 * 256])
+def test_max_inputs_is_exact(small: DatasetSplits, tmp_path: Path, max_inputs: int) -> None:
+    spec = make_spec(max_inputs=max_inputs, epochs=50)
+    model = CountingModel(make_model(spec))
+    result, reports = run(spec, small, tmp_path, model=model)
+    assert sum(model.batches) == max_inputs
+    assert 1 not in model.batches  # a trailing single sample joins the batch before it
+    assert len(reports) == math.ceil(max_inputs / 256)  # the partial last epoch still reports
+    assert result.final["inputs_seen"] == result.summary["inputs_seen"] == max_inputs
+    scheduler = torch.load(tmp_path / "last.pt", weights_only=True)["scheduler"]
+    assert scheduler["last_epoch"] == len(model.batches)  # the schedule spans exactly the steps taken
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "scheduler", "extra"),
+    [
+        ("adam", "constant", {}),
+        ("adamw", "cosine", {"warmup_epochs": 1}),
+        ("sgd", "onecycle", {"lr": 0.05}),
+        ("sgd", "step", {"lr": 0.05, "nesterov": True, "step_size": 1, "gamma": 0.5}),
+    ],
+)
+def test_optimizers_and_schedules(small: DatasetSplits, tmp_path: Path, optimizer: str, scheduler: str,
+                                  extra: dict[str, Any]) -> None:
+    spec = make_spec(epochs=3, optimizer=optimizer, scheduler=scheduler, **extra)
+    result, _ = run(spec, small, tmp_path)
+    lr, lrs = spec.train.lr, [h["lr"] for h in result.history]
+    assert all(math.isfinite(h["train_loss"]) for h in result.history)
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    if scheduler == "constant":
+        assert lrs == [pytest.approx(lr)] * 3
+    elif scheduler == "cosine":
+        assert lrs[0] == pytest.approx(lr)  # warm-up done after one epoch
+        assert lrs[0] > lrs[1] > lrs[2] and lrs[2] < lr * 1e-3
+    elif scheduler == "onecycle":
+        assert max(lrs) <= lr and lrs[-1] < lr / 1000
+    else:
+        assert lrs == [pytest.approx(lr * 0.5**e) for e in (1, 2, 3)]
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16", "auto"])
+def test_precisions_run_on_cpu(small: DatasetSplits, tmp_path: Path, precision: str) -> None:
+    spec = make_spec("vit", epochs=1, precision=precision)
+    result, _ = run(spec, small, tmp_path)
+    assert all(math.isfinite(v) for v in result.final.values())
+
+
+def test_grad_clip(small: DatasetSplits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[float] = []
+    real = torch.nn.utils.clip_grad_norm_
+
+    def spy(params: Any, max_norm: float, *args: Any, **kwargs: Any) -> torch.Tensor:
+        calls.append(max_norm)
+        norm = real(params, max_norm, *args, **kwargs)
+        return norm
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    spec = make_spec(epochs=1, grad_clip=0.25)
+    result, _ = run(spec, small, tmp_path)
+    assert calls == [0.25] * 4  # 256 inputs in batches of 64
+    assert math.isfinite(result.final["train_loss"])
+
+
+# -- data paths and determinism -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_dataloader_path_matches_device_path(small: DatasetSplits, tmp_path: Path, num_workers: int) -> None:
+    spec = make_spec(epochs=2, augment="standard", num_workers=num_workers)
+    reference, _ = run(spec, small, tmp_path / "memory")
+    files = DatasetSplits(FileLikeSet(small.train), FileLikeSet(small.val), small.classes, small.mean, small.std,
+                         small.name)
+    loaded, _ = run(spec, files, tmp_path / "loader")
+    assert comparable(loaded.history) == comparable(reference.history)
+
+
+def test_resume_continues_the_history(small: DatasetSplits, tmp_path: Path) -> None:
+    arch = {**TINY_VIT, "dropout": 0.1}  # draws from the global RNG, which must be restored too
+    spec = make_spec("vit", arch=arch, augment="standard", epochs=3, batch_size=32)
+    whole, _ = run(spec, small, tmp_path / "whole")
+
+    def stop_after_two() -> bool:
+        return len(reports) == 2
+
+    reports: list[EpochReport] = []
+    with pytest.raises(TrialStopped):
+        fit(make_model(spec), small, spec, device=CPU, on_epoch=reports.append, workdir=tmp_path / "cut",
+            stop=stop_after_two)
+    assert comparable([{"epoch": r.epoch, **r.metrics} for r in reports]) == comparable(whole.history[:2])
+
+    resumed_reports: list[EpochReport] = []
+    resumed = fit(make_model(spec, seed=99), small, spec, device=CPU, on_epoch=resumed_reports.append,
+                  workdir=tmp_path / "cut", resume=tmp_path / "cut" / "last.pt")
+    assert [r.epoch for r in resumed_reports] == [3]
+    assert comparable(resumed.history) == comparable(whole.history)
+    assert resumed.best_epoch == whole.best_epoch and resumed.best_val_acc == whole.best_val_acc
+
+
+def test_stop_writes_a_checkpoint_even_between_due_epochs(small: DatasetSplits, tmp_path: Path) -> None:
+    spec = make_spec(epochs=4, checkpoint_every=3)
+    with pytest.raises(TrialStopped, match="stop requested"):
+        run(spec, small, tmp_path, stop=lambda: True)
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] == 1
+
+
+# -- pruning ------------------------------------------------------------------------------------------------
+
+
+def test_pruning_from_on_epoch_propagates_after_the_checkpoint(small: DatasetSplits, tmp_path: Path) -> None:
+    spec = make_spec(epochs=3)
+    seen: list[EpochReport] = []
+
+    def on_epoch(report: EpochReport) -> None:
+        seen.append(report)
+        assert report.checkpoint is not None and report.checkpoint.exists()
+        if report.epoch == 2:
+            raise TrialPruned(report.epoch)
+
+    with pytest.raises(TrialPruned) as info:
+        fit(make_model(spec), small, spec, device=CPU, on_epoch=on_epoch, workdir=tmp_path)
+    assert info.value.epoch == 2 and len(seen) == 2
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert state["epoch"] == 2 and len(state["history"]) == 2
+    assert (tmp_path / "best.pt").exists()
+
+
+def test_nan_loss_prunes(small: DatasetSplits, tmp_path: Path) -> None:
+    spec = make_spec(epochs=2)
+    model = make_model(spec)
+    with torch.no_grad():
+        model.head.weight.fill_(float("nan"))
+    reports: list[EpochReport] = []
+    with pytest.raises(TrialPruned) as info:
+        fit(model, small, spec, device=CPU, on_epoch=reports.append, workdir=tmp_path)
+    assert info.value.epoch == 1 and info.value.reason == "nan loss"
+    assert reports == [] and not (tmp_path / "last.pt").exists()
+
+
+def test_stop_raised_by_on_epoch_still_saves_the_epoch(small: DatasetSplits, tmp_path: Path) -> None:
+    spec = make_spec(epochs=4, checkpoint_every=3)
+
+    def on_epoch(report: EpochReport) -> None:
+        assert report.checkpoint is None  # not due at epoch 1
+        raise TrialStopped("lease lost")
+
+    with pytest.raises(TrialStopped, match="lease lost"):
+        fit(make_model(spec), small, spec, device=CPU, on_epoch=on_epoch, workdir=tmp_path)
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] == 1

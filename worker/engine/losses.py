@@ -1,0 +1,48 @@
+"""Training losses by name: ``cross_entropy`` and ``l2`` (squared distance to the one-hot class vector)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch.nn.functional as F
+from torch import Tensor
+
+LossName = Literal["cross_entropy", "l2"]
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def l2_loss(outputs: Tensor, labels: Tensor, *, label_smoothing: float = 0.0) -> Tensor:
+    """Mean over the batch of the squared Euclidean distance between the output and the (smoothed) one-hot."""
+    num_classes = outputs.shape[-1]
+    target = F.one_hot(labels, num_classes).to(outputs.dtype)
+    if label_smoothing:
+        target = target * (1.0 - label_smoothing) + label_smoothing / num_classes
+    return (outputs - target).pow(2).sum(dim=-1).mean()
+
+
+def build_loss(name: LossName, *, label_smoothing: float = 0.0) -> LossFn:
+    """The loss ``fn(outputs, labels) -> scalar`` (mean over the batch), computed in float32."""
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing=}")
+    if name == "cross_entropy":
+
+        def cross_entropy(outputs: Tensor, labels: Tensor) -> Tensor:
+            return F.cross_entropy(outputs.float(), labels, label_smoothing=label_smoothing)
+
+        return cross_entropy
+    if name == "l2":
+
+        def l2(outputs: Tensor, labels: Tensor) -> Tensor:
+            return l2_loss(outputs.float(), labels, label_smoothing=label_smoothing)
+
+        return l2
+    raise ValueError(f"unknown loss {name!r}; valid: cross_entropy, l2")
+
+
+def predictions(outputs: Tensor) -> Tensor:
+    """Predicted classes: the arg-max of the outputs, for either loss."""
+    return outputs.argmax(dim=-1)
+
+
+__all__ = ["LossFn", "LossName", "build_loss", "l2_loss", "predictions"]

@@ -1,0 +1,146 @@
+"""A worker slot: claim a trial, run it, repeat. ``run()`` and ``stop()`` are its public face."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+import optuna
+import torch
+from sqlalchemy import func, select
+
+from server import queue, store, studies
+from server.core.config import Settings
+from server.core.db import make_engine, make_session_factory, retry_db, wait_for_connections
+from server.models import Sweep, SweepState, Trial, TrialState
+from server.store import Backends
+from server.tracking import Tracker
+from worker.trial import TrialRunner
+
+log = logging.getLogger(__name__)
+
+
+def make_backends(settings: Settings, *, db_wait: float = 0.0) -> Backends:
+    """The store, Optuna storage and MLflow tracker of one process.
+
+    With ``db_wait`` (workers), new connections of the store and of Optuna wait that long for an unreachable
+    database instead of failing: a PostgreSQL restart stalls the trial rather than failing it.
+    """
+    settings.ensure_home()
+    engine = make_engine(settings.db_url)
+    storage = studies.make_storage(settings.db_url)
+    for each in (engine, storage.engine):
+        wait_for_connections(each, db_wait)
+    return Backends(
+        sessions=make_session_factory(engine),
+        storage=storage,
+        tracker=Tracker(settings.tracking_uri, settings.mlflow_experiment, settings.artifacts_root),
+    )
+
+
+@dataclass
+class WorkerOptions:
+    device: str = "cpu"
+    slot: int = 0
+    max_trials: int | None = None  # stop after this many trials (None: run until stopped)
+    burst: bool = False  # exit once no trial is queued or running in any open sweep
+
+
+class Worker:
+    """Runs trials on one device slot until stopped (or, in burst mode, until the queue is drained)."""
+
+    def __init__(self, settings: Settings, options: WorkerOptions, backends: Backends | None = None) -> None:
+        self.settings = settings
+        self.options = options
+        self.backends = backends or make_backends(settings, db_wait=settings.db_wait_seconds)
+        self.backends.tracker.start_background()  # per-epoch MLflow metrics off the training thread
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{options.device}:{options.slot}"
+        self._stop = threading.Event()
+        self.device = torch.device(options.device)
+        self.runner = TrialRunner(self.backends, settings, device=self.device, worker_id=self.worker_id, shutdown=self._stop)
+        self.trials_run = 0
+
+    def stop(self) -> None:
+        """Ask the worker to stop: the running trial stops at its next epoch boundary and goes back to the queue."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def run(self) -> int:
+        """Claim and run trials until stopped; returns the number of trials this worker finished or released."""
+        log.info("worker %s started", self.worker_id)
+        idle_since: float | None = None
+        last_reap = 0.0
+        while not self._stop.is_set():
+            if self.options.max_trials is not None and self.trials_run >= self.options.max_trials:
+                break
+            now = time.monotonic()
+            if now - last_reap > min(self.settings.lease_seconds / 2, 30.0):
+                self._reap()
+                last_reap = now
+            self._expire()
+            claim = retry_db(
+                lambda: queue.claim(self.backends.sessions, self.worker_id, self.options.device, self.settings.lease_seconds),
+                max_wait=self.settings.db_wait_seconds, what="claiming a trial",
+            )
+            if claim is None:
+                if self.options.burst and not self._work_left():
+                    break
+                idle_since = idle_since or now
+                self._stop.wait(self.settings.poll_seconds)
+                continue
+            idle_since = None
+            log.info("worker %s runs trial %s of sweep %s", self.worker_id, claim.number, claim.sweep_id)
+            state = self.runner.run(claim)
+            log.info("trial %s of sweep %s ended: %s", claim.number, claim.sweep_id, state.value if state else "released")
+            self.trials_run += 1
+        if not self.backends.tracker.flush(timeout=60):  # a released trial's last epochs, before the process ends
+            log.warning("worker %s: some MLflow metrics were still unsent after 60s", self.worker_id)
+        log.info("worker %s stopped after %d trials", self.worker_id, self.trials_run)
+        return self.trials_run
+
+    def _reap(self) -> None:
+        """Requeue trials of dead workers; close the ones out of attempts in Optuna and MLflow too."""
+        try:
+            reaped = retry_db(lambda: queue.reap_expired(self.backends.sessions, self.settings.max_attempts),
+                              max_wait=self.settings.db_wait_seconds, what="reaping expired leases")
+            for expired in reaped:
+                if expired.optuna_trial_id is not None:
+                    studies.tell(self.backends.storage, expired.optuna_trial_id, optuna.trial.TrialState.FAIL)
+                if expired.mlflow_run_id:
+                    self.backends.tracker.finish_trial(expired.mlflow_run_id, "failed", "worker lost; out of attempts")
+        except Exception:
+            log.warning("reaping expired leases failed; will try again", exc_info=True)
+
+    def _expire(self) -> None:
+        """Sweeps past their timeout: their queued trials are cancelled; close what that ended in Optuna and MLflow."""
+        try:
+            done = queue.expire_deadlines(self.backends.sessions)
+            for trial in done.cancelled:  # trials handed back after they had started (shutdown, lost lease)
+                if trial.optuna_trial_id is not None:
+                    studies.tell(self.backends.storage, trial.optuna_trial_id, optuna.trial.TrialState.FAIL)
+                if trial.mlflow_run_id:
+                    self.backends.tracker.finish_trial(trial.mlflow_run_id, "cancelled", "the sweep's timeout passed")
+            for sweep_id in done.ended_sweeps:
+                store.close_sweep_run(self.backends, sweep_id)
+        except Exception:
+            log.warning("expiring timed-out sweeps failed; will try again", exc_info=True)
+
+    def _work_left(self) -> bool:
+        def count() -> int | None:
+            with self.backends.sessions() as session:
+                return session.scalar(
+                    select(func.count())
+                    .select_from(Trial)
+                    .join(Sweep, Sweep.id == Trial.sweep_id)
+                    .where(Sweep.state == SweepState.running,  # a paused sweep is no work for a burst worker
+                           Trial.state.in_([TrialState.queued, TrialState.running]))
+                )
+
+        return bool(retry_db(count, max_wait=self.settings.db_wait_seconds, what="counting open trials"))
