@@ -344,8 +344,10 @@ def run_service(
 
     side = Side(f"(b) service, {args.slots} slot(s)")
     spec = service_spec(args, model_name, lrs)
-    side.notes = (f"batch {spec['train']['batch_size']}, {spec['train']['precision']}, compile "
-                  f"{spec['train']['compile']}, device-resident data and augmentation")
+    t = spec["train"]
+    side.notes = (f"batch {t['batch_size']}, {t['precision']}, compile {t['compile']} "
+                  f"({t.get('compile_mode', 'default')}), fused optimizer {t.get('fused_optimizer', 'auto')}, "
+                  f"fused attention {t.get('fused_attention', True)}, data on device {t.get('data_on_device', 'auto')}")
     service = Service(home, args.device, args.slots, data_dir)
     try:
         service.start()

@@ -288,6 +288,17 @@ class TrainSpec(_Strict):
     grad_clip: float | None = Field(None, gt=0)
     seed: int = Field(0, ge=0, le=2**31 - 1)
     compile: bool = False
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
+        "default", description="torch.compile's mode when compile is on; reduce-overhead and max-autotune also "
+        "capture CUDA graphs on a GPU.")
+    fused_optimizer: bool | Literal["auto"] = Field(
+        "auto", description="Fused Adam/AdamW/SGD kernels (one launch per step); auto: on a GPU.")
+    fused_attention: bool = Field(
+        True, description="scaled_dot_product_attention picks its fused kernels (flash, memory-efficient); "
+        "false forces the plain math kernel, for comparison.")
+    data_on_device: bool | Literal["auto"] = Field(
+        "auto", description="In-memory datasets live on the training device and are augmented there; false "
+        "feeds them through a DataLoader with num_workers processes instead. auto: on the device.")
     num_workers: int = Field(2, ge=0, le=64, description="DataLoader workers when data is not device-resident.")
     svc_probe: bool = Field(True, description="Fit an SVC on embeddings at the end of the trial.")
     plots: bool = Field(True, description="Draw curves, confusion matrix and misclassified images at the end.")

@@ -65,6 +65,9 @@ def settings(tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch):  # t
     monkeypatch.setenv("VITSWEEP_HOME", str(home))
     monkeypatch.setenv("VITSWEEP_DATABASE_URL", db_url)
     monkeypatch.setenv("VITSWEEP_POLL_SECONDS", "0.2")
+    for key in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):  # a Worker sets these; undone after the test
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
     return Settings()
 
 

@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import optuna
 import torch
@@ -42,12 +43,22 @@ def make_backends(settings: Settings, *, db_wait: float = 0.0) -> Backends:
     )
 
 
+def share_compile_cache(home: Path) -> Path:
+    """torch.compile's on-disk caches (Inductor's FX graphs and autograd graphs, Triton's kernels) under the
+    vitsweep home, shared by every slot and trial on this machine: a trial of an architecture another trial
+    compiled before loads its kernels instead of compiling them again. A cache directory set in the
+    environment (``TORCHINDUCTOR_CACHE_DIR``, ``TRITON_CACHE_DIR``) is kept."""
+    inductor = Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(home / "cache" / "inductor")))
+    os.environ.setdefault("TRITON_CACHE_DIR", str(inductor / "triton"))
+    return inductor
+
+
 @dataclass
 class WorkerOptions:
     device: str = "cpu"
     slot: int = 0
     max_trials: int | None = None  # stop after this many trials (None: run until stopped)
-    burst: bool = False  # exit once no trial is queued or running in any open sweep
+    burst: bool = False  # exit once no trial is queued or running in a running sweep
 
 
 class Worker:
@@ -58,6 +69,7 @@ class Worker:
         self.options = options
         self.backends = backends or make_backends(settings, db_wait=settings.db_wait_seconds)
         self.backends.tracker.start_background()  # per-epoch MLflow metrics off the training thread
+        share_compile_cache(settings.home)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{options.device}:{options.slot}"
         self._stop = threading.Event()
         self.device = torch.device(options.device)

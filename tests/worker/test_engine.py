@@ -21,8 +21,8 @@ CPU = torch.device("cpu")
 IMG_SIZE = 16
 TINY_VIT = {"patch_size": 4, "num_layers": 2, "num_heads": 4, "hidden_dim": 64, "mlp_dim": 128}
 SMALL_CNN = {"width": 16, "depth": 2, "hidden_dim": 64}
-TIMING_KEYS = {"epoch_seconds", "images_per_second"}
-EPOCH_KEYS = {"train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds", "images_per_second",
+TIMING_KEYS = {"epoch_seconds", "images_per_second", "data_wait"}
+EPOCH_KEYS = {"train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds", "images_per_second", "data_wait",
               "inputs_seen"}
 SUMMARY_KEYS = {"params", "flops_per_image", "peak_memory_bytes", "svc_acc", "best_val_acc", "best_epoch",
                 "final_train_acc", "final_val_loss", "seconds_per_epoch", "images_per_second", "inputs_seen"}
@@ -379,3 +379,80 @@ def test_stop_raised_by_on_epoch_still_saves_the_epoch(small: DatasetSplits, tmp
     with pytest.raises(TrialStopped, match="lease lost"):
         fit(make_model(spec), small, spec, device=CPU, on_epoch=on_epoch, workdir=tmp_path)
     assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] == 1
+
+
+# -- the fast path's switches (train.data_on_device, fused_optimizer, fused_attention, compile) -------------
+
+
+def test_data_on_device_false_feeds_in_memory_sets_through_a_dataloader(
+    small: DatasetSplits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker.engine.loader import LoaderBatches
+
+    reference, _ = run(make_spec(epochs=2, augment="standard"), small, tmp_path / "device")
+    built: list[LoaderBatches] = []
+    real = LoaderBatches.__init__
+
+    def spy(self: LoaderBatches, *args: Any, **kwargs: Any) -> None:
+        built.append(self)
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(LoaderBatches, "__init__", spy)
+    loaded, _ = run(make_spec(epochs=2, augment="standard", data_on_device=False), small, tmp_path / "loader")
+    assert len(built) == 2  # the training and the validation source
+    assert comparable(loaded.history) == comparable(reference.history)  # same batches, same augmentation draws
+    assert all(0 <= h["data_wait"] < 1 for h in loaded.history + reference.history)
+
+
+def test_fused_optimizer(small: DatasetSplits, tmp_path: Path) -> None:
+    from worker.engine.optim import build_optimizer
+
+    model = make_model(make_spec())
+    assert build_optimizer(model, make_spec(fused_optimizer=True).train).defaults["fused"] is True
+    assert not build_optimizer(model, make_spec().train).defaults["fused"]  # auto: fused on a GPU only
+    assert not build_optimizer(model, make_spec(fused_optimizer=False).train, torch.device("cuda")).defaults["fused"]
+    assert build_optimizer(model, make_spec().train, torch.device("cuda")).defaults["fused"] is True
+    reference, _ = run(make_spec(epochs=2), small, tmp_path / "foreach")
+    fused, _ = run(make_spec(epochs=2, fused_optimizer=True), small, tmp_path / "fused")
+    for a, b in zip(comparable(reference.history), comparable(fused.history), strict=True):
+        assert a == pytest.approx(b, rel=1e-3, abs=1e-4)
+
+
+def test_unfused_attention_runs_the_math_kernel(small: DatasetSplits, tmp_path: Path) -> None:
+    flags: list[tuple[bool, bool, bool]] = []
+
+    def record(*_: Any) -> None:
+        b = torch.backends.cuda
+        flags.append((b.flash_sdp_enabled(), b.mem_efficient_sdp_enabled(), b.math_sdp_enabled()))
+
+    spec = make_spec("vit", epochs=1, fused_attention=False)
+    model = make_model(spec)
+    model.register_forward_pre_hook(record)
+    result, _ = run(spec, small, tmp_path / "math", model=model)
+    assert flags and set(flags) == {(False, False, True)}
+    assert torch.backends.cuda.flash_sdp_enabled()  # restored after the trial
+    reference, _ = run(make_spec("vit", epochs=1), small, tmp_path / "fused")
+    assert result.final["train_loss"] == pytest.approx(reference.final["train_loss"], rel=1e-3)
+
+
+def test_compiled_trial_matches_eager_and_the_next_trial_reuses_the_cache(
+    small: DatasetSplits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    eager, _ = run(make_spec(epochs=1), small, tmp_path / "eager")
+    spec = make_spec(epochs=1, compile=True)
+    torch._dynamo.reset()
+    counters.clear()
+    first, _ = run(spec, small, tmp_path / "first")
+    assert counters["inductor"]["fxgraph_cache_miss"] >= 1  # compiled and stored
+    torch._dynamo.reset()  # the next trial of the slot: a new model object, nothing in memory
+    counters.clear()
+    second, _ = run(spec, small, tmp_path / "second")
+    assert counters["inductor"]["fxgraph_cache_hit"] >= 1 and counters["inductor"]["fxgraph_cache_miss"] == 0
+    assert any((tmp_path / "inductor").iterdir())
+    for a, b in zip(comparable(eager.history), comparable(first.history), strict=True):
+        assert a == pytest.approx(b, rel=1e-3, abs=1e-4)
+    for a, b in zip(comparable(first.history), comparable(second.history), strict=True):
+        assert a == pytest.approx(b, rel=1e-6, abs=1e-7)

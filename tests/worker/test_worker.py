@@ -142,7 +142,8 @@ def test_expired_lease_is_requeued_then_failed(settings, backends, client) -> No
     assert queue.claim(backends.sessions, "w", "cpu", 60) is None
 
 
-EPOCH_METRICS = {"train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds", "images_per_second"}
+EPOCH_METRICS = {"train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds", "images_per_second",
+                 "data_wait"}
 SUMMARY_METRICS = {"best_val_acc", "best_epoch", "svc_acc", "params", "peak_memory_bytes", "flops_per_image",
                    "final_train_acc", "final_val_loss", "seconds_per_epoch"}
 
@@ -213,3 +214,18 @@ def test_lease_outlives_slow_phases_outside_epochs(client, settings, backends) -
     assert stolen == [None, None] and reaped == []
     (trial,) = client.get(f"/api/v1/sweeps/{sweep['id']}/trials").json()
     assert trial["state"] == "completed" and trial["attempts"] == 1, trial
+
+
+def test_compile_cache_is_shared_under_home(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import os
+
+    from worker.worker import share_compile_cache
+
+    for key in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
+    assert share_compile_cache(tmp_path) == tmp_path / "cache" / "inductor"
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "cache" / "inductor")
+    assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "cache" / "inductor" / "triton")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))  # the user's choice wins
+    assert share_compile_cache(tmp_path / "other") == tmp_path / "mine"

@@ -38,17 +38,26 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return groups
 
 
-def build_optimizer(model: nn.Module, train: TrainSpec) -> torch.optim.Optimizer:
-    """``adam``, ``adamw`` or ``sgd`` (with ``momentum`` and ``nesterov``) at ``train.lr``."""
+def use_fused(setting: bool | str, device: torch.device) -> bool:
+    """Whether the optimiser runs fused kernels: ``auto`` means on a GPU (elsewhere the foreach default)."""
+    return device.type == "cuda" if setting == "auto" else bool(setting)
+
+
+def build_optimizer(model: nn.Module, train: TrainSpec, device: torch.device | None = None) -> torch.optim.Optimizer:
+    """``adam``, ``adamw`` or ``sgd`` (with ``momentum`` and ``nesterov``) at ``train.lr``; fused kernels as
+    ``train.fused_optimizer`` says for ``device`` (the model's, by default)."""
     groups = param_groups(model, train.weight_decay)
+    if device is None:
+        device = next(model.parameters()).device
+    fused = True if use_fused(train.fused_optimizer, device) else None  # None: torch's foreach default
     if train.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=train.lr)
+        return torch.optim.Adam(groups, lr=train.lr, fused=fused)
     if train.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=train.lr)
+        return torch.optim.AdamW(groups, lr=train.lr, fused=fused)
     if train.optimizer == "sgd":
         if train.nesterov and train.momentum == 0:
             raise ValueError(f"nesterov needs momentum > 0, got momentum={train.momentum}")
-        return torch.optim.SGD(groups, lr=train.lr, momentum=train.momentum, nesterov=train.nesterov)
+        return torch.optim.SGD(groups, lr=train.lr, momentum=train.momentum, nesterov=train.nesterov, fused=fused)
     raise ValueError(f"unknown optimizer {train.optimizer!r}; valid: adam, adamw, sgd")
 
 

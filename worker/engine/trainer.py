@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 import warnings
@@ -57,17 +58,18 @@ class _Run:
         torch.manual_seed(t.seed)  # dropout, stochastic depth and other draws from the global generator
         stats.reset_peak_memory(device)  # a slot runs many trials: the peak reported is this one's
         model.to(device)
-        self.runner: Callable[[Tensor], Tensor] = torch.compile(model) if t.compile else model
+        self.runner: Callable[[Tensor], Tensor] = torch.compile(model, mode=t.compile_mode) if t.compile else model
         self.precision = resolve_precision(t.precision, device)
+        on_device = t.data_on_device is not False  # "auto" and true: in-memory sets live on the device
         self.train_src = make_batches(data.train, batch_size=t.batch_size, device=device,
-                                      num_workers=t.num_workers, seed=t.seed)
+                                      num_workers=t.num_workers, seed=t.seed, on_device=on_device)
         self.val_src = make_batches(data.val, batch_size=t.batch_size, device=device,
-                                    num_workers=t.num_workers, seed=t.seed)
+                                    num_workers=t.num_workers, seed=t.seed, on_device=on_device)
         augment = build_augment(spec.dataset.augment, img_size=spec.dataset.img_size)
         self.prep = Preprocess(data.mean, data.std, augment)
         self.classes = class_names(data, data.num_classes)
         self.budget = Budget(len(self.train_src), t.batch_size, t.epochs, t.max_inputs)
-        self.optimizer = build_optimizer(model, t)
+        self.optimizer = build_optimizer(model, t, device=device)
         self.scheduler = build_scheduler(self.optimizer, t, steps_per_epoch=self.budget.steps_per_epoch,
                                          total_steps=self.budget.total_steps)
         self.scaler = self.precision.grad_scaler()
@@ -124,9 +126,17 @@ class _Run:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
-        seen = 0
+        seen, waited, step = 0, 0.0, 0
         start = time.perf_counter()
-        for step, (images, labels) in enumerate(self.train_src.batches(order), 1):
+        batches = iter(self.train_src.batches(order))
+        while True:
+            asked = time.perf_counter()
+            batch = next(batches, None)  # host time blocked on the input pipeline: the data wait
+            waited += time.perf_counter() - asked
+            if batch is None:
+                break
+            images, labels = batch
+            step += 1
             inputs = self.prep.train(images, self.augment_gen)
             with self.precision.autocast():
                 outputs = self.runner(inputs)
@@ -155,6 +165,7 @@ class _Run:
             "train_acc": train_correct / max(1, seen),
             "lr": float(optimizer.param_groups[0]["lr"]),
             "images_per_second": seen / seconds if seconds > 0 else 0.0,
+            "data_wait": waited / seconds if seconds > 0 else 0.0,
             "inputs_seen": float(self.progress.inputs_seen),
         }
 
@@ -227,13 +238,23 @@ def fit(
     try:
         if resume is not None:
             run.restore(Path(resume))
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), attention_kernels(spec.train.fused_attention):
             # A GradScaler that skips an overflowing fp16 step makes the scheduler warn about step order.
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
             _train(run, on_epoch, last, best, stop)
-        return _finish(run, workdir, last, best)
+            return _finish(run, workdir, last, best)
     finally:
         run.close()
+
+
+def attention_kernels(fused: bool) -> contextlib.AbstractContextManager:
+    """``scaled_dot_product_attention``'s own choice of kernel (flash, memory-efficient, cuDNN), or with
+    ``fused=False`` the plain math kernel only (the attention the studies' code computed by hand)."""
+    if fused:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH])
 
 
 def _train(
@@ -290,7 +311,7 @@ def evaluate(model: nn.Module, data: DatasetSplits, spec: ExperimentSpec, device
     model.to(device)
     precision: Precision = resolve_precision(t.precision, device)
     source: BatchSource = make_batches(data.val, batch_size=t.batch_size, device=device,
-                                       num_workers=t.num_workers, seed=t.seed)
+                                       num_workers=t.num_workers, seed=t.seed, on_device=t.data_on_device is not False)
     try:
         loss, acc = loss_and_accuracy(model, source, Preprocess(data.mean, data.std), precision,
                                       build_loss(t.loss), module=model)
