@@ -18,7 +18,7 @@ PG_ADMIN_URL = os.environ.get("VITSWEEP_TEST_PG_URL", "postgresql+psycopg://post
 
 
 def _pg_admin() -> sa.Engine:
-    return sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    return sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", pool_pre_ping=True)  # survives the outage tests
 
 
 @pytest.fixture(scope="session")

@@ -208,7 +208,7 @@ class TrialRunner:
         if not last.exists():
             self._fetch_checkpoint(ctx, last)
         if not last.exists():
-            log.warning("trial %s: no checkpoint under %s; starting it again from epoch 1", ctx.claim.trial_id, workdir)
+            log.warning("trial %s: no checkpoint under %s; starting it again from epoch 1", ctx.claim.number, workdir)
             return None
         from worker.engine.checkpoint import read
 
@@ -245,7 +245,7 @@ class TrialRunner:
         except Exception:  # no synced checkpoint (sync off, or killed before its first epoch)
             return
         Path(fetched).replace(last)
-        log.info("trial %s: fetched its checkpoint from MLflow run %s", ctx.claim.trial_id, ctx.run_id)
+        log.info("trial %s: fetched its checkpoint from MLflow run %s", ctx.claim.number, ctx.run_id)
 
     # -- the whole trial --------------------------------------------------------------------------------
 
@@ -331,7 +331,7 @@ class TrialRunner:
             metrics=metrics, error=error, epochs_done=ctx.epochs_done,
         ), "writing the trial's result")
         if not written:  # the lease was lost meanwhile: another worker owns the trial now
-            log.warning("trial %s: lease lost before its result could be written", ctx.claim.trial_id)
+            log.warning("trial %s: lease lost before its result could be written", ctx.claim.number)
             return None
         self._db(lambda: studies.tell(self.backends.storage, ctx.optuna_trial._trial_id, optuna_state,
                                       told if told is not None else value), "telling Optuna")
@@ -351,7 +351,7 @@ class TrialRunner:
 
     def _stopped(self, ctx: TrialContext, reason: str) -> TrialState | None:
         if reason == STOP_LEASE_LOST:
-            log.warning("trial %s: lease lost; leaving it to its new owner", ctx.claim.trial_id)
+            log.warning("trial %s: lease lost; leaving it to its new owner", ctx.claim.number)
             return None
         if reason == STOP_SHUTDOWN:
             self._db(lambda: queue.release(self.backends.sessions, ctx.claim.trial_id, self.worker_id,
