@@ -344,10 +344,11 @@ def run_service(
 
     side = Side(f"(b) service, {args.slots} slot(s)")
     spec = service_spec(args, model_name, lrs)
-    t = spec["train"]
-    side.notes = (f"batch {t['batch_size']}, {t['precision']}, compile {t['compile']} "
-                  f"({t.get('compile_mode', 'default')}), fused optimizer {t.get('fused_optimizer', 'auto')}, "
-                  f"fused attention {t.get('fused_attention', True)}, data on device {t.get('data_on_device', 'auto')}")
+    from server.spec import TrainSpec
+
+    t = TrainSpec.model_validate(spec["train"])  # the spec's own defaults for what the bench leaves unset
+    side.notes = (f"batch {t.batch_size}, {t.precision}, compile {t.compile} ({t.compile_mode}), fused optimizer "
+                  f"{t.fused_optimizer}, fused attention {t.fused_attention}, data on device {t.data_on_device}")
     service = Service(home, args.device, args.slots, data_dir)
     try:
         service.start()

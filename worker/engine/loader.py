@@ -136,11 +136,11 @@ def is_in_memory(dataset: Any) -> bool:
 
 def make_batches(
     dataset: Any, *, batch_size: int, device: torch.device, num_workers: int = 0, seed: int = 0,
-    on_device: bool = True,
+    on_device: bool | str = "auto",
 ) -> BatchSource:
-    """The device-resident source for in-memory sets (unless ``on_device`` is false), a DataLoader source
-    otherwise."""
-    if on_device and is_in_memory(dataset):
+    """The device-resident source for in-memory sets (``on_device`` ``auto`` or true; the spec's
+    ``train.data_on_device``), a DataLoader source otherwise."""
+    if on_device is not False and is_in_memory(dataset):
         return DeviceBatches(dataset, batch_size=batch_size, device=device)
     return LoaderBatches(dataset, batch_size=batch_size, device=device, num_workers=num_workers, seed=seed)
 

@@ -60,11 +60,10 @@ class _Run:
         model.to(device)
         self.runner: Callable[[Tensor], Tensor] = torch.compile(model, mode=t.compile_mode) if t.compile else model
         self.precision = resolve_precision(t.precision, device)
-        on_device = t.data_on_device is not False  # "auto" and true: in-memory sets live on the device
         self.train_src = make_batches(data.train, batch_size=t.batch_size, device=device,
-                                      num_workers=t.num_workers, seed=t.seed, on_device=on_device)
+                                      num_workers=t.num_workers, seed=t.seed, on_device=t.data_on_device)
         self.val_src = make_batches(data.val, batch_size=t.batch_size, device=device,
-                                    num_workers=t.num_workers, seed=t.seed, on_device=on_device)
+                                    num_workers=t.num_workers, seed=t.seed, on_device=t.data_on_device)
         augment = build_augment(spec.dataset.augment, img_size=spec.dataset.img_size)
         self.prep = Preprocess(data.mean, data.std, augment)
         self.classes = class_names(data, data.num_classes)
@@ -311,7 +310,7 @@ def evaluate(model: nn.Module, data: DatasetSplits, spec: ExperimentSpec, device
     model.to(device)
     precision: Precision = resolve_precision(t.precision, device)
     source: BatchSource = make_batches(data.val, batch_size=t.batch_size, device=device,
-                                       num_workers=t.num_workers, seed=t.seed, on_device=t.data_on_device is not False)
+                                       num_workers=t.num_workers, seed=t.seed, on_device=t.data_on_device)
     try:
         loss, acc = loss_and_accuracy(model, source, Preprocess(data.mean, data.std), precision,
                                       build_loss(t.loss), module=model)
