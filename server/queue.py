@@ -40,7 +40,8 @@ class Claim:
 
     @property
     def resuming(self) -> bool:
-        return self.optuna_trial_id is not None
+        """The trial started once (it has its MLflow run): pick it up where its last worker left it."""
+        return self.mlflow_run_id is not None
 
 
 @dataclass(frozen=True)
@@ -196,17 +197,26 @@ def _owned(trial_id: int, worker_id: str) -> Any:
     return and_(Trial.id == trial_id, Trial.worker_id == worker_id, Trial.state == TrialState.running)
 
 
-def attach(
-    sessions: sessionmaker[Session], trial_id: int, worker_id: str, *, params: dict[str, Any],
-    optuna_trial_id: int, optuna_trial_number: int, mlflow_run_id: str,
+def bind(
+    sessions: sessionmaker[Session], trial_id: int, worker_id: str, *, optuna_trial_id: int, optuna_trial_number: int,
 ) -> bool:
-    """Record the Optuna trial and MLflow run of a freshly claimed trial."""
+    """Record a claimed trial's Optuna trial as soon as it exists, so a retry or a re-claim reuses it."""
     with write_session(sessions) as session:
         result = session.execute(
             update(Trial)
             .where(_owned(trial_id, worker_id))
-            .values(params=params, optuna_trial_id=optuna_trial_id, optuna_trial_number=optuna_trial_number,
-                    mlflow_run_id=mlflow_run_id)
+            .values(optuna_trial_id=optuna_trial_id, optuna_trial_number=optuna_trial_number)
+        )
+        return _rowcount(result) == 1
+
+
+def attach(
+    sessions: sessionmaker[Session], trial_id: int, worker_id: str, *, params: dict[str, Any], mlflow_run_id: str,
+) -> bool:
+    """Record a claimed trial's parameters and MLflow run: from here on a re-claim resumes it."""
+    with write_session(sessions) as session:
+        result = session.execute(
+            update(Trial).where(_owned(trial_id, worker_id)).values(params=params, mlflow_run_id=mlflow_run_id)
         )
         return _rowcount(result) == 1
 

@@ -229,19 +229,25 @@ def cancel_sweep(backends: Backends, sweep_id: int) -> SweepView:
         if sweep.state in FINISHED_SWEEP_STATES:
             raise ConflictError(f"sweep {sweep_id} is already {sweep.state.value}")
         now = utcnow()
-        session.execute(
+        cancelled = session.execute(
             update(Trial)
             .where(Trial.sweep_id == sweep_id, Trial.state == TrialState.queued)
             .values(state=TrialState.cancelled, finished_at=now, error="sweep cancelled")
-        )
+            .returning(Trial.optuna_trial_id, Trial.mlflow_run_id)
+        ).all()
         sweep.state = SweepState.cancelled
         sweep.finished_at = now
         run_id = sweep.mlflow_run_id
-    if run_id:
-        try:
+    try:  # queued trials handed back after they had started have an Optuna trial (and MLflow run) to close
+        for optuna_trial_id, trial_run_id in cancelled:
+            if optuna_trial_id is not None:
+                studies.tell(backends.storage, optuna_trial_id, optuna.trial.TrialState.FAIL)
+            if trial_run_id:
+                backends.tracker.finish_trial(trial_run_id, TrialState.cancelled.value, "sweep cancelled")
+        if run_id:
             backends.tracker.finish_sweep(run_id, "cancelled")
-        except Exception:  # MLflow being down must not undo a cancel
-            log.exception("could not close the MLflow run of cancelled sweep %s", sweep_id)
+    except Exception:  # Optuna's or MLflow's store being down must not undo a cancel
+        log.exception("could not close the Optuna trials and MLflow runs of cancelled sweep %s", sweep_id)
     return get_sweep(backends.sessions, sweep_id)
 
 

@@ -12,6 +12,7 @@ import json
 import math
 import warnings
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import optuna
@@ -21,6 +22,7 @@ from optuna.distributions import (
     FloatDistribution,
     IntDistribution,
 )
+from optuna.trial import FrozenTrial
 
 from server.core.db import SQLITE_BUSY_MS, is_sqlite
 from server.spec import EPOCH_METRICS, CategoricalParam, ExperimentSpec, FloatParam, IntParam, SearchSpec
@@ -169,22 +171,62 @@ def load_study(
     )
 
 
-def ask(
+TRIAL_ATTR = "vitsweep.trial_number"  # user attribute of an Optuna trial: the sweep trial (row) it belongs to
+
+
+def create_trial(storage: optuna.storages.BaseStorage, name: str, number: int) -> tuple[int, int]:
+    """The Optuna trial of the sweep's trial ``number``, created at most once: returns (trial id, Optuna number).
+
+    Creating a trial and recording its id in the store are two databases' commits, so a worker can fail between
+    them (the database restarts mid-call, the process is killed) and ask again. The new trial carries ``number``
+    as a user attribute written in the same transaction that creates it, and a running trial that already
+    carries it is handed back instead of creating another. Optuna retries a failed commit itself, and a commit
+    whose answer was lost can have gone through: any duplicate that leaves is failed here, so the study holds
+    exactly one live trial per sweep trial. Safe to call again after any error.
+    """
+    study_id = storage.get_study_id_from_name(name)
+    mine = _running_trials_of(storage, study_id, number)
+    if not mine:
+        template = optuna.trial.FrozenTrial(
+            number=-1, state=optuna.trial.TrialState.RUNNING, value=None, datetime_start=datetime.now(),
+            datetime_complete=None, params={}, distributions={}, user_attrs={TRIAL_ATTR: number}, system_attrs={},
+            intermediate_values={}, trial_id=-1,
+        )
+        storage.create_new_trial(study_id, template_trial=template)
+        mine = _running_trials_of(storage, study_id, number)
+    keep, *duplicates = sorted(mine, key=lambda t: t._trial_id)
+    for extra in duplicates:
+        storage.set_trial_state_values(extra._trial_id, optuna.trial.TrialState.FAIL)
+    return keep._trial_id, keep.number
+
+
+def _running_trials_of(storage: optuna.storages.BaseStorage, study_id: int, number: int) -> list[FrozenTrial]:
+    running = storage.get_all_trials(study_id, deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    return [t for t in running if t.user_attrs.get(TRIAL_ATTR) == number]
+
+
+def suggest_params(
     storage: optuna.storages.BaseStorage,
     name: str,
     spec: ExperimentSpec,
+    trial_id: int,
     *,
     trial_number: int,
     fixed: dict[str, Any] | None,
 ) -> tuple[optuna.Trial, dict[str, Any]]:
-    """Create the Optuna trial of a claimed row; returns it with the row's parameter values (decoded)."""
+    """Sample the parameters of a created Optuna trial; returns it with the row's parameter values (decoded).
+
+    Safe to call again: Optuna hands back the value a trial already holds for a parameter, so a retry after a
+    failure sees the values of the first call.
+    """
     dists = distributions(spec)
     encoded_fixed = {p: encode_choice(v) for p, v in fixed.items()} if fixed is not None else None
     study = load_study(storage, name, spec, trial_number=trial_number, fixed=encoded_fixed)
+    trial = optuna.Trial(study, trial_id)
     if fixed is not None:
-        trial = study.ask(dists)
+        for path, dist in dists.items():
+            suggest(trial, path, dist)
         return trial, dict(fixed)  # exact values as written in the spec (e.g. 4 stays an int)
-    trial = study.ask()
     choices = _choices(spec)
     params: dict[str, Any] = {}
     # model.name first: a model's own keywords (model.arch_by_model.<model>.*) are only suggested when that

@@ -150,14 +150,22 @@ class Tracker:
 
     def start_trial(
         self, parent_run_id: str, sweep_id: int, number: int, run_name: str, resolved_spec: dict[str, Any],
-        searched: Mapping[str, Any],
+        searched: Mapping[str, Any], *, reuse: bool = False,
     ) -> str:
-        run = self.client.create_run(
-            self.experiment_id,
-            run_name=run_name,
-            tags={MLFLOW_PARENT_RUN_ID: parent_run_id, TAG_SWEEP: str(sweep_id), TAG_TRIAL: str(number), TAG_KIND: "trial"},
-        )
-        run_id = run.info.run_id
+        """Open a trial's run under its sweep's run and log its parameters and spec; returns the run id.
+
+        ``reuse``: an earlier start of this trial may have created its run before failing (or its worker died
+        before the store recorded the run id): that run is looked up by its tags and used again, so a trial
+        never leaves a second run behind. Logging the same parameters again is a no-op in MLflow.
+        """
+        run_id = self._trial_run(parent_run_id, sweep_id, number) if reuse else None
+        if run_id is None:
+            run_id = self.client.create_run(
+                self.experiment_id,
+                run_name=run_name,
+                tags={MLFLOW_PARENT_RUN_ID: parent_run_id, TAG_SWEEP: str(sweep_id), TAG_TRIAL: str(number),
+                      TAG_KIND: "trial"},
+            ).info.run_id
         body = {k: v for k, v in resolved_spec.items() if k in ("dataset", "model", "train")}
         params = flatten(body)
         params.update({f"searched.{k}": v for k, v in searched.items()})
@@ -166,6 +174,16 @@ class Tracker:
             self.client.log_batch(run_id, params=items[i : i + 100])
         self.client.log_text(run_id, yaml.safe_dump(resolved_spec, sort_keys=False), "spec.yaml")
         return run_id
+
+    def _trial_run(self, parent_run_id: str, sweep_id: int, number: int) -> str | None:
+        """The run an earlier start of this trial created, if any (the oldest, should there be more)."""
+        conditions = [f"tags.`{TAG_SWEEP}` = '{sweep_id}'", f"tags.`{TAG_TRIAL}` = '{number}'",
+                      f"tags.`{TAG_KIND}` = 'trial'"]
+        if parent_run_id:  # sweep ids repeat across stores that share one MLflow experiment; parent runs do not
+            conditions.append(f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'")
+        runs = self.client.search_runs([self.experiment_id], filter_string=" and ".join(conditions),
+                                       order_by=["attributes.start_time ASC"], max_results=1)
+        return runs[0].info.run_id if runs else None
 
     def log_epoch(self, run_id: str, epoch: int, metrics: Mapping[str, float]) -> None:
         now = _now_ms()

@@ -139,32 +139,50 @@ class TrialRunner:
     def _workdir(self, claim: queue.Claim) -> Path:
         return self.settings.home / "trials" / f"sweep{claim.sweep_id}-trial{claim.number}"
 
-    def _start(self, claim: queue.Claim) -> TrialContext:
+    def _start(self, claim: queue.Claim, started: Started) -> TrialContext:
+        """Take the claimed row to a running trial: its Optuna trial, parameters and MLflow run, in that order.
+
+        Each step is recorded in the store as soon as it is done and is safe to repeat, so a failure anywhere
+        (the database restarting, the worker killed) leaves the row to be retried or re-claimed, and that
+        reuses the Optuna trial and MLflow run made so far instead of leaving a second one behind.
+        """
         spec = ExperimentSpec.model_validate(claim.spec)
-        storage, tracker = self.backends.storage, self.backends.tracker
+        storage, tracker, sessions = self.backends.storage, self.backends.tracker, self.backends.sessions
         if claim.resuming:
             assert claim.optuna_trial_id is not None and claim.params is not None and claim.mlflow_run_id
+            started.optuna_trial_id, started.run_id = claim.optuna_trial_id, claim.mlflow_run_id
             trial = studies.reattach(storage, claim.study_name, spec, claim.optuna_trial_id, claim.number)
             tracker.resume_trial(claim.mlflow_run_id)
             resolved = spec.resolve(claim.params)
             return TrialContext(claim, resolved, claim.mlflow_run_id, trial)
+        if claim.optuna_trial_id is None:
+            trial_id, number = self._db(lambda: studies.create_trial(storage, claim.study_name, claim.number),
+                                        "creating the Optuna trial")
+            started.optuna_trial_id = trial_id
+            self._owned(self._db(lambda: queue.bind(
+                sessions, claim.trial_id, self.worker_id, optuna_trial_id=trial_id, optuna_trial_number=number,
+            ), "recording the Optuna trial"))
+        else:
+            trial_id = started.optuna_trial_id = claim.optuna_trial_id
         fixed = claim.params if spec.is_grid else None
-        trial, params = studies.ask(storage, claim.study_name, spec, trial_number=claim.number, fixed=fixed)
-        try:
-            resolved = spec.resolve(params)
-            run_id = tracker.start_trial(
-                claim.parent_run_id or "", claim.sweep_id, claim.number,
-                run_name(claim.sweep_name, claim.sweep_id, claim.number, claim.slug),
-                resolved.model_dump(mode="json"), params,
-            )
-        except Exception:
-            studies.tell(storage, trial._trial_id, optuna.trial.TrialState.FAIL)
-            raise
-        self._db(lambda: queue.attach(
-            self.backends.sessions, claim.trial_id, self.worker_id, params=params, optuna_trial_id=trial._trial_id,
-            optuna_trial_number=trial.number, mlflow_run_id=run_id,
-        ), "attaching the trial")
-        return TrialContext(claim, resolved, run_id, trial)
+        trial, params = self._db(lambda: studies.suggest_params(
+            storage, claim.study_name, spec, trial_id, trial_number=claim.number, fixed=fixed,
+        ), "asking Optuna")
+        resolved = spec.resolve(params)
+        # A row that had its Optuna trial before this claim may have had its run created too.
+        started.run_id = tracker.start_trial(
+            claim.parent_run_id or "", claim.sweep_id, claim.number,
+            run_name(claim.sweep_name, claim.sweep_id, claim.number, claim.slug),
+            resolved.model_dump(mode="json"), params, reuse=claim.optuna_trial_id is not None,
+        )
+        self._owned(self._db(lambda: queue.attach(sessions, claim.trial_id, self.worker_id, params=params,
+                                                  mlflow_run_id=started.run_id or ""), "attaching the trial"))
+        return TrialContext(claim, resolved, started.run_id, trial)
+
+    @staticmethod
+    def _owned(still_ours: bool) -> None:
+        if not still_ours:
+            raise TrialStopped(STOP_LEASE_LOST)
 
     # -- per epoch --------------------------------------------------------------------------------------
 
@@ -255,10 +273,14 @@ class TrialRunner:
             return self._run(claim, lease)
 
     def _run(self, claim: queue.Claim, lease: LeaseKeeper) -> TrialState | None:
+        started = Started()
         try:
-            ctx = self._start(claim)
+            ctx = self._start(claim, started)
+        except TrialStopped:
+            log.warning("trial %s: lease lost while starting; leaving it to its new owner", claim.number)
+            return None
         except Exception as exc:
-            return self._fail_before_start(claim, exc)
+            return self._fail_before_start(claim, started, exc)
         ctx.lease = lease
         workdir = self._workdir(claim)
         resume = self._resume_point(ctx, workdir)
@@ -361,17 +383,34 @@ class TrialRunner:
             return None
         return self._finish(ctx, TrialState.cancelled, error=reason)
 
-    def _fail_before_start(self, claim: queue.Claim, exc: Exception) -> TrialState | None:
-        """Asking Optuna or opening the MLflow run failed: fail (bad spec) or requeue (infrastructure)."""
+    def _fail_before_start(self, claim: queue.Claim, started: Started, exc: Exception) -> TrialState | None:
+        """Starting the trial failed: requeue it (infrastructure; a retry reuses what was made so far) or fail it
+        (a bad spec) together with its Optuna trial and MLflow run if it had them."""
         log.exception("trial %s of sweep %s could not start", claim.number, claim.sweep_id)
         if self.retry.classify(exc, claim.attempts) is Outcome.requeue:
             self._db(lambda: queue.release(self.backends.sessions, claim.trial_id, self.worker_id,
                                            epochs_done=claim.epochs_done, reason=describe(exc)), "releasing the trial")
             return None
+        error = describe(exc)
         written, _ = self._db(lambda: queue.finish(
-            self.backends.sessions, claim.trial_id, self.worker_id, TrialState.failed, error=describe(exc)
+            self.backends.sessions, claim.trial_id, self.worker_id, TrialState.failed, error=error
         ), "failing the trial")
-        return TrialState.failed if written else None
+        if not written:
+            return None
+        if started.optuna_trial_id is not None:
+            trial_id = started.optuna_trial_id
+            self._db(lambda: studies.tell(self.backends.storage, trial_id, optuna.trial.TrialState.FAIL), "telling Optuna")
+        if started.run_id is not None:
+            self.backends.tracker.finish_trial(started.run_id, TrialState.failed.value, error)
+        return TrialState.failed
+
+
+@dataclass
+class Started:
+    """How far a trial's start got: what a failed start must close when the trial fails for good."""
+
+    optuna_trial_id: int | None = None
+    run_id: str | None = None
 
 
 def _partial_figures(history: list[dict[str, float]]) -> dict[str, float]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from server import queue, store
+import optuna
+
+from server import queue, store, studies
 from server.models import SweepState, TrialState
 from server.spec import ExperimentSpec
 from tests.helpers import quick_spec
@@ -43,13 +45,32 @@ def test_release_returns_the_trial_without_spending_an_attempt(backends) -> None
     _sweep(backends, 1)
     claim = queue.claim(backends.sessions, "w", "cpu", 60)
     assert claim is not None
-    queue.attach(backends.sessions, claim.trial_id, "w", params={"train.lr": 0.01}, optuna_trial_id=7,
-                 optuna_trial_number=0, mlflow_run_id="run")
+    assert queue.bind(backends.sessions, claim.trial_id, "w", optuna_trial_id=7, optuna_trial_number=0)
+    assert queue.attach(backends.sessions, claim.trial_id, "w", params={"train.lr": 0.01}, mlflow_run_id="run")
     assert queue.release(backends.sessions, claim.trial_id, "w", epochs_done=3, reason="shutdown")
     again = queue.claim(backends.sessions, "w2", "cpu", 60)
     assert again is not None and again.trial_id == claim.trial_id
     assert again.attempts == 1 and again.resuming and again.epochs_done == 3
     assert again.params == {"train.lr": 0.01} and again.mlflow_run_id == "run"
+
+
+def test_a_trial_handed_back_before_its_run_keeps_its_optuna_trial(backends) -> None:  # type: ignore[no-untyped-def]
+    """Bound to an Optuna trial but without an MLflow run: re-claimed as a fresh start that reuses the Optuna
+    trial; cancelled while queued, its Optuna trial is closed too."""
+    sweep = _sweep(backends, 1)
+    claim = queue.claim(backends.sessions, "w", "cpu", 60)
+    assert claim is not None
+    trial_id, number = studies.create_trial(backends.storage, sweep.study_name, claim.number)
+    assert studies.create_trial(backends.storage, sweep.study_name, claim.number) == (trial_id, number)  # once
+    assert queue.bind(backends.sessions, claim.trial_id, "w", optuna_trial_id=trial_id, optuna_trial_number=number)
+    assert not queue.bind(backends.sessions, claim.trial_id, "intruder", optuna_trial_id=1, optuna_trial_number=1)
+    assert queue.release(backends.sessions, claim.trial_id, "w", epochs_done=0, reason="store away")
+    again = queue.claim(backends.sessions, "w2", "cpu", 60)
+    assert again is not None and not again.resuming
+    assert again.optuna_trial_id == trial_id and again.optuna_trial_number == number and again.mlflow_run_id is None
+    assert queue.release(backends.sessions, again.trial_id, "w2", epochs_done=0, reason="store away")
+    store.cancel_sweep(backends, sweep.id)
+    assert backends.storage.get_trial(trial_id).state == optuna.trial.TrialState.FAIL
 
 
 def test_paused_sweeps_are_not_claimed_and_cancel_reaches_heartbeats(backends) -> None:  # type: ignore[no-untyped-def]
