@@ -114,7 +114,9 @@ class PhaseTimer:
 
         for owner, attr, name in (
             (queue, "claim", "claim"),
-            (studies, "ask", "optuna ask"),
+            (studies, "create_trial", "optuna create trial"),
+            (queue, "bind", "bind"),
+            (studies, "suggest_params", "optuna suggest"),
             (Tracker, "start_trial", "mlflow start run + params"),
             (queue, "attach", "attach"),
             (Tracker, "log_epoch", "mlflow log_epoch"),

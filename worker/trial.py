@@ -170,14 +170,14 @@ class TrialRunner:
         ), "asking Optuna")
         resolved = spec.resolve(params)
         # A row that had its Optuna trial before this claim may have had its run created too.
-        started.run_id = tracker.start_trial(
+        run_id = started.run_id = tracker.start_trial(
             claim.parent_run_id or "", claim.sweep_id, claim.number,
             run_name(claim.sweep_name, claim.sweep_id, claim.number, claim.slug),
             resolved.model_dump(mode="json"), params, reuse=claim.optuna_trial_id is not None,
         )
         self._owned(self._db(lambda: queue.attach(sessions, claim.trial_id, self.worker_id, params=params,
-                                                  mlflow_run_id=started.run_id or ""), "attaching the trial"))
-        return TrialContext(claim, resolved, started.run_id, trial)
+                                                  mlflow_run_id=run_id), "attaching the trial"))
+        return TrialContext(claim, resolved, run_id, trial)
 
     @staticmethod
     def _owned(still_ours: bool) -> None:

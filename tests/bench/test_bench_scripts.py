@@ -29,7 +29,7 @@ def test_control_plane_prints_its_figures(tmp_path: Path) -> None:
     out = _run("bench/control_plane.py", "--backend", "sqlite", "--trials", "20", "--workers", "2",
                "--json", str(tmp_path / "cp.json"))
     for text in ("trials by state", "{'completed': 20}", "gap (store) s", "full gap (worker) s", "trials/s",
-                 "optuna ask", "mlflow log_epoch", "logging: MLflow log_epoch + heartbeat", "goals:"):
+                 "optuna create trial", "optuna suggest", "mlflow log_epoch", "logging: MLflow log_epoch + heartbeat", "goals:"):
         assert text in out, out
     (res,) = json.loads((tmp_path / "cp.json").read_text())
     assert res["states"] == {"completed": 20}

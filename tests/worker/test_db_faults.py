@@ -166,9 +166,16 @@ def test_sweep_survives_a_postgres_restart(pg_env: dict[str, str], tmp_path: Pat
     print(f"trials claimed more than once (resumed, not re-run): {retried}")
     # Exactly once: one Optuna trial and one MLflow run per row, all finished, none duplicated.
     study = optuna.load_study(study_name=view.sweep.study_name, storage=backends.storage)
-    assert len(study.trials) == N_TRIALS
-    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
-    assert sorted(t.optuna_trial_id for t in trials) == sorted(t._trial_id for t in study.trials)
+    live = [t for t in study.trials if t.state != optuna.trial.TrialState.FAIL]
+    assert len(live) == N_TRIALS
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in live)
+    assert sorted(t.optuna_trial_id for t in trials) == sorted(t._trial_id for t in live)
+    # The only other trial there can be: a duplicate Optuna's own retry made of a commit whose answer the outage
+    # lost, failed at once by the worker, before it had a parameter or a report.
+    for extra in (t for t in study.trials if t.state == optuna.trial.TrialState.FAIL):
+        assert not extra.params and not extra.intermediate_values, extra
+        assert extra.user_attrs["vitsweep.trial_number"] in {t.number for t in trials}, extra
+    print(f"Optuna trials: {len(live)} completed, {len(study.trials) - len(live)} failed duplicates")
     client = MlflowClient(settings.tracking_uri)
     runs = client.search_runs([view.sweep.mlflow_experiment_id], f"tags.`vitsweep.sweep_id` = '{sweep_id}'")
     trial_runs = [r for r in runs if r.data.tags.get("vitsweep.kind") == "trial"]
