@@ -109,8 +109,8 @@ class PhaseTimer:
     def install(self) -> None:
         import optuna
 
-        from server import queue, studies
-        from server.tracking import Tracker
+        from server.core import queue, studies
+        from server.core.tracking import Tracker
 
         for owner, attr, name in (
             (queue, "claim", "claim"),
@@ -140,8 +140,8 @@ def _undo_fixes() -> None:
     """The control plane as it was before issue 7, for before/after figures on the same machine and load: a
     fresh Optuna trial cache per ask (``optuna.load_study`` around a bare ``RDBStorage``), and MLflow epoch
     metrics sent on the training thread."""
-    from server import studies
-    from server.tracking import Tracker
+    from server.core import studies
+    from server.core.tracking import Tracker
 
     cached = studies.make_storage
     setattr(studies, "make_storage", lambda url: cached(url)._backend)  # noqa: B010
@@ -161,49 +161,50 @@ def _worker_process(
     from server.core.config import Settings
     from worker.engine.results import EpochReport, FitResult
     from worker.exceptions import TrialStopped
-    from worker.trial import TrialRunner
+    from worker.trial import TrainingJob, TrialRunner
     from worker.worker import Worker, WorkerOptions
 
     timer = PhaseTimer()
     records: list[dict[str, Any]] = []
     checkpoint_bytes = os.urandom(4096)
 
-    class BenchRunner(TrialRunner):
-        """A TrialRunner whose training is a near-zero step: everything around it is the real path."""
+    def train(job: TrainingJob) -> Any:
+        """Training replaced by a near-zero step: everything around it is the real path."""
+        records[-1]["train_start"] = time.time()
+        history: list[dict[str, float]] = []
+        last = job.workdir / "last.pt"
+        for epoch in range(job.epochs_done + 1, epochs + 1):
+            if step_seconds:
+                time.sleep(step_seconds)
+            last.write_bytes(checkpoint_bytes)
+            metrics = {"train_loss": 1.0 / epoch, "train_acc": 0.5, "val_loss": 1.0 / epoch,
+                       "val_acc": 0.5 + 0.01 * epoch, "lr": 1e-3, "images_per_second": 1000.0,
+                       "epoch_seconds": 0.01, "inputs_seen": 16.0 * epoch}
+            history.append({"epoch": float(epoch), **metrics})
+            before = dict(timer.seconds)
+            job.on_epoch(EpochReport(epoch, dict(metrics), last))
+            spent = {k: timer.seconds[k] - before.get(k, 0.0) for k in
+                     ("mlflow log_epoch", "heartbeat", "optuna report", "optuna should_prune")}
+            timer.epoch_logging.append(spent["mlflow log_epoch"] + spent["heartbeat"])
+            timer.epoch_optuna.append(spent["optuna report"] + spent["optuna should_prune"])
+            if job.stop():
+                raise TrialStopped("stop requested")
+        best = job.workdir / "best.pt"
+        best.write_bytes(checkpoint_bytes)
+        summary = {"params": 1000.0, "flops_per_image": 1e6, "peak_memory_bytes": 1e8, "best_val_acc": 0.51,
+                   "best_epoch": float(epochs), "final_train_acc": 0.5, "final_val_acc": 0.51,
+                   "final_val_loss": 1.0, "seconds_per_epoch": 0.01, "images_per_second": 1000.0,
+                   "inputs_seen": 16.0 * epochs}
+        records[-1]["train_end"] = time.time()
+        return FitResult(history=history, best_val_acc=0.51, best_epoch=epochs, final=history[-1],
+                         summary=summary, checkpoints={"best": best, "last": last})
 
-        def _train(self, ctx: Any, workdir: Path, resume: Path | None) -> Any:
-            records[-1]["train_start"] = time.time()
-            history: list[dict[str, float]] = []
-            last = workdir / "last.pt"
-            for epoch in range(ctx.epochs_done + 1, epochs + 1):
-                if step_seconds:
-                    time.sleep(step_seconds)
-                last.write_bytes(checkpoint_bytes)
-                metrics = {"train_loss": 1.0 / epoch, "train_acc": 0.5, "val_loss": 1.0 / epoch,
-                           "val_acc": 0.5 + 0.01 * epoch, "lr": 1e-3, "images_per_second": 1000.0,
-                           "epoch_seconds": 0.01, "inputs_seen": 16.0 * epoch}
-                history.append({"epoch": float(epoch), **metrics})
-                if ctx.stop_reason:
-                    raise TrialStopped(ctx.stop_reason)
-                before = dict(timer.seconds)
-                self._on_epoch(ctx, EpochReport(epoch, dict(metrics), last))
-                spent = {k: timer.seconds[k] - before.get(k, 0.0) for k in
-                         ("mlflow log_epoch", "heartbeat", "optuna report", "optuna should_prune")}
-                timer.epoch_logging.append(spent["mlflow log_epoch"] + spent["heartbeat"])
-                timer.epoch_optuna.append(spent["optuna report"] + spent["optuna should_prune"])
-            best = workdir / "best.pt"
-            best.write_bytes(checkpoint_bytes)
-            summary = {"params": 1000.0, "flops_per_image": 1e6, "peak_memory_bytes": 1e8, "best_val_acc": 0.51,
-                       "best_epoch": float(epochs), "final_train_acc": 0.5, "final_val_acc": 0.51,
-                       "final_val_loss": 1.0, "seconds_per_epoch": 0.01, "images_per_second": 1000.0,
-                       "inputs_seen": 16.0 * epochs}
-            records[-1]["train_end"] = time.time()
-            return FitResult(history=history, best_val_acc=0.51, best_epoch=epochs, final=history[-1],
-                             summary=summary, checkpoints={"best": best, "last": last})
+    class TimedRunner(TrialRunner):
+        """The real runner, with each trial's start and end times recorded."""
 
         def run(self, claim: Any) -> Any:
             # The claim that brought this trial was timed before it arrived, into the dict it now keeps.
-            records.append({"trial_id": claim.trial_id, "run_start": time.time(), "calls": timer.trial})
+            records.append({"trial_id": claim.row_id, "run_start": time.time(), "calls": timer.trial})
             state = super().run(claim)
             timer.trial = {}  # the next claim's calls count towards the next trial
             records[-1]["run_end"] = time.time()
@@ -212,8 +213,8 @@ def _worker_process(
 
     settings = Settings()
     worker = Worker(settings, WorkerOptions(device="cpu", slot=slot, burst=True))
-    worker.runner = BenchRunner(worker.backends, settings, device=worker.device, worker_id=worker.worker_id,
-                                shutdown=worker.runner.shutdown)
+    worker.runner = TimedRunner(worker.backends, settings, device=worker.device, worker_id=worker.worker_id,
+                                shutdown=worker.runner.shutdown, train=train)
     timer.install()
     ready.put(slot)
     go.wait()
@@ -301,7 +302,7 @@ def store_rows(db_url: str, sweep_id: int) -> list[tuple[str, float, float, str]
     from sqlalchemy import select
 
     from server.core.db import make_engine, make_session_factory
-    from server.models import Trial
+    from server.core.models import Trial
 
     engine = make_engine(db_url)
     try:
@@ -327,10 +328,10 @@ def run_backend(args: argparse.Namespace, backend: str) -> dict[str, Any]:
 
 def _run(args: argparse.Namespace, backend: str, home: Path, db_url: str, tracking_uri: str) -> dict[str, Any]:
     import migrations
+    from server.core.backends import make_backends
     from server.core.config import Settings
-    from server.spec import ExperimentSpec
-    from server.store import create_sweep
-    from worker.worker import make_backends
+    from server.core.spec import ExperimentSpec
+    from server.core.sweeps import create_sweep
 
     env = {
         "VITSWEEP_HOME": str(home),

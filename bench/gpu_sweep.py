@@ -344,7 +344,7 @@ def run_service(
 
     side = Side(f"(b) service, {args.slots} slot(s)")
     spec = service_spec(args, model_name, lrs)
-    from server.spec import TrainSpec
+    from server.core.spec import TrainSpec
 
     t = TrainSpec.model_validate(spec["train"])  # the spec's own defaults for what the bench leaves unset
     side.notes = (f"batch {t.batch_size}, {t.precision}, compile {t.compile} ({t.compile_mode}), fused optimizer "

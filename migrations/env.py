@@ -6,7 +6,7 @@ from alembic import context
 
 from migrations import VERSION_TABLE
 from server.core.db import make_engine
-from server.models import Base
+from server.core.models import Base
 
 config = context.config
 target_metadata = Base.metadata

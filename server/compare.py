@@ -11,8 +11,9 @@ from typing import Any, Literal
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from server.exceptions import NotFoundError
-from server.models import Sweep, SweepState, Trial, TrialState
+from server.core.exceptions import NotFoundError
+from server.core.models import Sweep, SweepState, Trial, TrialState
+from server.core.objectives import Direction, rank_key
 
 Format = Literal["table", "csv", "json", "md"]
 
@@ -66,8 +67,8 @@ def rows(sessions: sessionmaker[Session], sweep_ids: Sequence[int], *, best_only
             chosen = by_sweep[sweep_id]
             if best_only:
                 done = [t for t in chosen if t.state == TrialState.completed and t.value is not None]
-                sign = 1 if sweep.direction == "maximize" else -1
-                chosen = sorted(done, key=lambda t: (-sign * (t.value or 0.0), t.number))[:1]
+                direction: Direction = "maximize" if sweep.direction == "maximize" else "minimize"
+                chosen = sorted(done, key=lambda t: (rank_key(t.value, direction), t.number))[:1]
             out.extend(_row(sweep, t) for t in chosen)
         return out
 
@@ -133,7 +134,7 @@ def cell(key: str, value: Any) -> str:
     if value is None:
         return "-"
     if key == "params_searched":
-        return ", ".join(f"{k.rsplit('.', 1)[-1]}={_short(v)}" for k, v in value.items()) or "-"
+        return format_params(value) or "-"
     if isinstance(value, float):
         if key in ("seconds_per_epoch", "peak_memory_mb"):
             return f"{value:.2f}"
@@ -145,8 +146,14 @@ def cell(key: str, value: Any) -> str:
     return str(value)
 
 
-def _short(v: Any) -> str:
+def short_value(v: Any) -> str:
+    """A searched value as tables show it: floats to 3 significant digits, strings bare, the rest as JSON."""
     return f"{v:.3g}" if isinstance(v, float) else json.dumps(v) if not isinstance(v, str) else v
+
+
+def format_params(params: dict[str, Any]) -> str:
+    """Searched values as ``num_layers=4, lr=0.001`` (each path by its last part)."""
+    return ", ".join(f"{k.rsplit('.', 1)[-1]}={short_value(v)}" for k, v in params.items())
 
 
 def render(data: list[dict[str, Any]], fmt: Format, columns: Sequence[tuple[str, str]] = COLUMNS) -> str:

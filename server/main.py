@@ -1,4 +1,9 @@
-"""Builds the FastAPI app: routers under ``/api/v1``, ``/healthz``, OpenAPI at ``/docs``."""
+"""Builds the FastAPI app: routers under ``/api/v1``, ``/healthz``, OpenAPI at ``/docs``.
+
+The shared layer's errors become HTTP responses here, once: not found 404, conflict 409, a spec that cannot
+run 422 (with the path of the bad field, like pydantic's own errors), Optuna or MLflow down 503, the database
+away 503.
+"""
 
 from __future__ import annotations
 
@@ -8,31 +13,40 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request, status
+from fastapi.encoders import jsonable_encoder
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from server.api.deps import ReadAuthorized
-from server.api.routes import catalog, compare, health, reports, sweeps
+from server.api.routes import catalog as catalog_routes
+from server.api.routes import compare, health, reports, sweeps
+from server.core.backends import Backends, make_backends
 from server.core.config import Settings
 from server.core.db import is_transient
-from server.spec import ExperimentSpec
-from server.store import Backends
+from server.core.exceptions import BackendError, ConflictError, NotFoundError, SpecError
+from server.core.spec import Catalog, ExperimentSpec
 
 API_PREFIX = "/api/v1"
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None, backends: Backends | None = None) -> FastAPI:
-    """The app for ``settings``; migrations run and backends are created at startup unless ``backends`` is given."""
+def create_app(settings: Settings | None = None, backends: Backends | None = None, catalog: Catalog | None = None) -> FastAPI:
+    """The app for ``settings``; migrations run and backends are created at startup unless ``backends`` is given.
+
+    ``catalog`` names the datasets and augmentation presets specs are checked against (the worker's, by default).
+    """
     settings = settings or Settings()
+    if catalog is None:
+        from worker.catalog import WORKER_CATALOG
+
+        catalog = WORKER_CATALOG
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if backends is None:
             import migrations
-            from worker.worker import make_backends
 
             settings.ensure_home()
             migrations.upgrade(settings.db_url)
@@ -49,18 +63,40 @@ def create_app(settings: Settings | None = None, backends: Backends | None = Non
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.catalog = catalog
     if backends is not None:
         app.state.backends = backends
     app.include_router(health.router)
     # Reads are open unless VITSWEEP_PROTECT_READS; mutating routes carry their own token check as well.
-    app.include_router(sweeps.router, prefix=API_PREFIX, dependencies=[ReadAuthorized])
-    app.include_router(reports.router, prefix=API_PREFIX, dependencies=[ReadAuthorized])
-    app.include_router(compare.router, prefix=API_PREFIX, dependencies=[ReadAuthorized])
-    app.include_router(catalog.router, prefix=API_PREFIX, dependencies=[ReadAuthorized])
-    app.add_exception_handler(DBAPIError, _database_error)
-    app.add_exception_handler(PoolTimeoutError, _database_error)
+    for module in (sweeps, reports, compare, catalog_routes):
+        app.include_router(module.router, prefix=API_PREFIX, dependencies=[ReadAuthorized])
+    _map_errors(app)
     _openapi_with_spec(app)
     return app
+
+
+def _map_errors(app: FastAPI) -> None:
+    """Every error of the shared layer to its status, with ``{"detail": ...}`` like FastAPI's own errors."""
+
+    def detail(code: int) -> Any:
+        async def handler(request: Request, exc: Exception) -> JSONResponse:
+            return JSONResponse({"detail": str(exc)}, status_code=code)
+
+        return handler
+
+    app.add_exception_handler(NotFoundError, detail(status.HTTP_404_NOT_FOUND))
+    app.add_exception_handler(ConflictError, detail(status.HTTP_409_CONFLICT))
+    app.add_exception_handler(BackendError, detail(status.HTTP_503_SERVICE_UNAVAILABLE))
+    app.add_exception_handler(SpecError, _spec_error)
+    app.add_exception_handler(DBAPIError, _database_error)
+    app.add_exception_handler(PoolTimeoutError, _database_error)
+
+
+async def _spec_error(request: Request, exc: Exception) -> JSONResponse:
+    """A spec that parsed but cannot run: 422 shaped like a validation error, located at the bad field."""
+    assert isinstance(exc, SpecError)
+    body = [{"loc": ["body", *exc.loc], "msg": exc.msg, "type": "value_error"}]
+    return JSONResponse({"detail": jsonable_encoder(body)}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 
 
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:

@@ -1,4 +1,4 @@
-"""Response schemas, one per entity (the request schema is ``server.spec.ExperimentSpec``)."""
+"""Response schemas, one per entity (the request schema is ``server.core.spec.ExperimentSpec``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from server.models import SweepState, TrialState
+from server.core.models import SweepState, TrialState
 
 
 class TrialPublic(BaseModel):
@@ -76,14 +76,15 @@ class SweepPage(BaseModel):
     offset: int
 
 
-class Message(BaseModel):
-    detail: str
-
-
 class Health(BaseModel):
     status: str
     database: str
     version: str
+
+
+class CatalogPublic(BaseModel):
+    datasets: list[str] = Field(description="Dataset names a spec can give as dataset.name.")
+    augments: list[str] = Field(description="Augmentation presets a spec can give as dataset.augment.")
 
 
 class ModelInfo(BaseModel):

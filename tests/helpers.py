@@ -25,3 +25,117 @@ def quick_spec(**changes: Any) -> dict[str, Any]:
         else:
             spec[key] = value
     return spec
+
+
+def mlflow_unreachable_error() -> Exception:
+    """The exception MLflow's client really raises when its tracking server cannot be reached: a call to a port
+    nobody listens on, with MLflow's own retries turned off for the one call."""
+    import os
+    import socket
+
+    from mlflow import MlflowClient
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    saved = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    try:
+        MlflowClient(f"http://127.0.0.1:{port}").get_experiment_by_name("unreachable")
+    except Exception as exc:  # the MlflowException wrapping the transport's ConnectionError
+        return exc
+    finally:
+        if saved is None:
+            os.environ.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES", None)
+        else:
+            os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = saved
+    raise AssertionError(f"nothing listens on port {port}, yet MLflow answered")
+
+
+def train_with_hook(settings: Any, hook: Any) -> Any:
+    """The real training (``SpecTrainer``) with ``hook(job, report)`` called at every epoch boundary, just
+    before the runner's own epoch callback: to act at a chosen point of a real trial (cancel it, move its
+    sweep's deadline, watch the store)."""
+    from dataclasses import replace
+
+    from worker.trial import SpecTrainer
+
+    real = SpecTrainer(settings.datasets_dir, settings.download)
+
+    def train(job: Any) -> Any:
+        def on_epoch(report: Any) -> None:
+            hook(job, report)
+            job.on_epoch(report)
+
+        return real(replace(job, on_epoch=on_epoch))
+
+    return train
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class PrivatePostgres:
+    """A PostgreSQL server of one test's own (``initdb`` into a temporary folder, its own port), for tests that
+    stop and start the server: the machine's shared server and every other test's databases are never touched.
+
+    Runs the server as the ``postgres`` user when the tests run as root (PostgreSQL refuses to run as root).
+    """
+
+    def __init__(self) -> None:
+        import glob
+        import os
+        import shutil
+        import tempfile
+
+        bindirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+        initdb = shutil.which("initdb") or (f"{bindirs[-1]}/initdb" if bindirs else None)
+        if initdb is None:
+            raise RuntimeError("PostgreSQL's initdb is not installed (Debian: postgresql)")
+        self.bindir = os.path.dirname(initdb)
+        self.folder = tempfile.mkdtemp(prefix="vitsweep-pg-")
+        self.port = free_port()
+        self._as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self._as:
+            shutil.chown(self.folder, user="postgres")
+        self._run("initdb", "-D", f"{self.folder}/data", "-A", "trust", "-U", "postgres", "--no-sync")
+        self.start()
+
+    def _run(self, tool: str, *args: str) -> None:
+        import subprocess
+
+        subprocess.run([*self._as, f"{self.bindir}/{tool}", *args], check=True, capture_output=True, timeout=120)
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run("pg_ctl", "-D", f"{self.folder}/data", "-o", options, "-l", f"{self.folder}/log", "-w", "start")
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", f"{self.folder}/data", "-m", "fast", "-w", "stop")
+
+    def create_database(self, name: str) -> str:
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(self.url(), isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        engine.dispose()
+        return self.url(name)
+
+    def close(self) -> None:
+        import shutil
+
+        try:
+            self.stop()
+        except Exception:  # already stopped
+            pass
+        shutil.rmtree(self.folder, ignore_errors=True)

@@ -11,34 +11,25 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import optuna
 import pytest
-import sqlalchemy as sa
 from mlflow import MlflowClient
 
-from tests.conftest import PG_ADMIN_URL
-from tests.helpers import quick_spec
+from tests.conftest import PgDatabases
+from tests.helpers import free_port, quick_spec
 
 BIN = Path(sys.executable).parent
 TOKEN = "deployment-token-0123456789abcdef"
 N_TRIALS = 4
 EPOCHS = 3
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _children(pid: int) -> list[int]:
@@ -101,16 +92,9 @@ def _answers(url: str) -> bool:
 
 
 @pytest.fixture
-def mlflow_db(pg_available: None) -> Iterator[str]:
+def mlflow_db(fresh_pg_database: PgDatabases) -> str:
     """A second fresh database, for the MLflow server (compose gives MLflow its own database too)."""
-    name = f"vitsweep_test_mlflow_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    return fresh_pg_database.create("vitsweep_test_mlflow")
 
 
 @pytest.mark.slow
@@ -118,7 +102,7 @@ def mlflow_db(pg_available: None) -> Iterator[str]:
 def test_compose_like_deployment_survives_a_killed_worker(pg_url: str, mlflow_db: str, tmp_path: Path) -> None:
     logs = tmp_path / "logs"
     logs.mkdir()
-    mlflow_port, api_port = _free_port(), _free_port()
+    mlflow_port, api_port = free_port(), free_port()
     tracking = f"http://127.0.0.1:{mlflow_port}"
     api = f"http://127.0.0.1:{api_port}"
     base = {k: v for k, v in os.environ.items() if not k.startswith("VITSWEEP_")}

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from server.spec import ExperimentSpec, validate_plan
+from server.core.spec import ExperimentSpec, validate_plan
+from worker.catalog import WORKER_CATALOG
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
 
@@ -19,11 +20,11 @@ def test_there_are_examples() -> None:
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_example_is_valid(path: Path) -> None:
     spec = ExperimentSpec.model_validate(yaml.safe_load(path.read_text()))
-    validate_plan(spec)
+    validate_plan(spec, WORKER_CATALOG)
     assert spec.planned_trials() >= 1
 
 
 def test_demo_spec_is_valid() -> None:
     from server.cli import DEMO_SPEC
 
-    validate_plan(ExperimentSpec.model_validate(yaml.safe_load(DEMO_SPEC)))
+    validate_plan(ExperimentSpec.model_validate(yaml.safe_load(DEMO_SPEC)), WORKER_CATALOG)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from server.core.models import StopReason
+
 
 class WorkerError(Exception):
     """Base class of every worker error."""
@@ -26,8 +28,8 @@ class TransientTrialError(WorkerError):
 class TrialStopped(WorkerError):
     """Training stopped at an epoch boundary on request (cancel, shutdown, lost lease); not a failure."""
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
+    def __init__(self, reason: StopReason | str) -> None:
+        super().__init__(reason.value if isinstance(reason, StopReason) else reason)
         self.reason = reason
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from server.core.db import is_transient
+from server.core.tracking import unreachable
 from worker.exceptions import PermanentTrialError, TransientTrialError
 
 
@@ -27,20 +28,10 @@ class RetryPolicy:
         if isinstance(exc, (PermanentTrialError, ValidationError, ValueError, TypeError, KeyError)):
             return Outcome.fail
         # is_transient also sees a lost connection wrapped by Optuna (StorageInternalError) during a database restart.
-        if isinstance(exc, TransientTrialError) or is_transient(exc) or mlflow_unreachable(exc):
+        if isinstance(exc, TransientTrialError) or is_transient(exc) or unreachable(exc):
             return Outcome.requeue if attempts < self.max_attempts else Outcome.fail
         # Runtime errors (CUDA out of memory included) are the trial's own failure: recorded, not retried.
         return Outcome.fail
-
-
-def mlflow_unreachable(exc: BaseException) -> bool:
-    """MLflow's client gave up reaching the tracking server (refused, timed out, or 5xx after its own retries).
-
-    A refusal with a reason (a bad parameter, a missing run) comes back as a ``RestException`` and is not this.
-    """
-    from mlflow.exceptions import MlflowException, RestException
-
-    return isinstance(exc, MlflowException) and not isinstance(exc, RestException) and str(exc).startswith("API request to")
 
 
 def describe(exc: BaseException) -> str:

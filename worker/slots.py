@@ -98,8 +98,8 @@ def decide(
 
 
 @dataclass(frozen=True)
-class TrialFigures:
-    """One finished trial as the auto mode reads it from the store."""
+class TrialThroughput:
+    """One finished trial's throughput and memory, as the auto mode reads them from the store."""
 
     worker_id: str
     started_at: datetime
@@ -108,7 +108,7 @@ class TrialFigures:
 
 
 def measure(
-    trials: Iterable[TrialFigures], slots: Mapping[Any, Collection[str]], since: datetime, *, min_trials: int = 1
+    trials: Iterable[TrialThroughput], slots: Mapping[Any, Collection[str]], since: datetime, *, min_trials: int = 1
 ) -> Level | None:
     """The level of ``slots`` (each slot's worker ids: a restarted slot has several) from their trials started at
     or after ``since``.
@@ -144,7 +144,7 @@ class AutoSlots:
         """A slot was added at ``since``: only trials started from then on measure the new count."""
         self.since = since
 
-    def step(self, trials: Iterable[TrialFigures], slots: Mapping[Any, Collection[str]]) -> Decision | None:
+    def step(self, trials: Iterable[TrialThroughput], slots: Mapping[Any, Collection[str]]) -> Decision | None:
         """Measure the current count once every slot has finished a trial at it, and decide; else None."""
         if self.settled or self.since is None:
             return None

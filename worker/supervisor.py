@@ -23,10 +23,11 @@ from types import FrameType
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from server.core.backends import make_backends
 from server.core.config import Settings
-from server.models import Trial, TrialState, utcnow
-from worker.slots import AutoSlots, SlotCount, TrialFigures, cpu_slots, device_memory_bytes
-from worker.worker import Worker, WorkerOptions, make_backends
+from server.core.models import Trial, TrialState, utcnow
+from worker.slots import AutoSlots, SlotCount, TrialThroughput, cpu_slots, device_memory_bytes
+from worker.worker import Worker, WorkerOptions, worker_id
 
 log = logging.getLogger(__name__)
 
@@ -65,17 +66,16 @@ class SupervisorOptions:
     auto_check_seconds: float = 15.0  # how often ``auto`` reads the store for new measurements
 
 
-def _child(settings_env: dict[str, str], options: WorkerOptions, threads: int) -> None:
-    """Entry point of one slot process."""
+def _child(settings: Settings, options: WorkerOptions, threads: int) -> None:
+    """Entry point of one slot process: the supervisor's own settings, passed in (pickled by ``spawn``)."""
     import torch
 
     # A terminal's Ctrl-C goes to the supervisor only, which forwards one SIGTERM: otherwise each slot would
     # see two signals (the group's SIGINT and the forwarded one) and stop at once instead of gracefully.
     os.setpgrp()
-    os.environ.update(settings_env)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [slot {options.device}/{options.slot}] %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(threads)
-    worker = Worker(Settings(), options)
+    worker = Worker(settings, options)
     signals = 0
 
     def handle(signum: int, _frame: FrameType | None) -> None:
@@ -130,9 +130,7 @@ class Supervisor:
         return max(1, (os.cpu_count() or 1) // max(1, cpu_slots or n_slots))
 
     def _spawn(self, slot: WorkerOptions, threads: int) -> mp.process.BaseProcess:
-        env = {k: v for k, v in os.environ.items() if k.startswith("VITSWEEP_")}
-        env["VITSWEEP_HOME"] = str(self.settings.home)
-        proc = self._ctx.Process(target=_child, args=(env, slot, threads), name=f"vitsweep-{slot.device}-{slot.slot}")
+        proc = self._ctx.Process(target=_child, args=(self.settings, slot, threads), name=f"vitsweep-{slot.device}-{slot.slot}")
         proc.start()
         return proc
 
@@ -212,7 +210,7 @@ class Supervisor:
                 continue
             live = [i for i, s in enumerate(slots) if s.device == device and i not in retired]
             # One worker id per live slot, as Worker names itself; a restarted slot keeps its earlier ids.
-            ids = {i: [f"{host}:{pid}:{device}:{slots[i].slot}" for pid in pids.get(i, [])] for i in live}
+            ids = {i: [worker_id(device, slots[i].slot, host=host, pid=pid) for pid in pids.get(i, [])] for i in live}
             try:
                 trials = _finished_trials(sessions, device, state.since)
             except Exception:
@@ -236,8 +234,8 @@ class Supervisor:
                     os.kill(proc.pid, signal.SIGTERM)  # finishes its epoch and hands its trial back
 
 
-def _finished_trials(sessions: sessionmaker[Session], device: str, since: object) -> list[TrialFigures]:
-    """Figures of the trials on ``device`` that started at or after ``since`` and finished with a throughput."""
+def _finished_trials(sessions: sessionmaker[Session], device: str, since: object) -> list[TrialThroughput]:
+    """Throughput and memory of the trials on ``device`` that started at or after ``since`` and finished."""
     with sessions() as session:
         rows = session.execute(
             select(Trial.worker_id, Trial.started_at, Trial.metrics).where(
@@ -246,11 +244,11 @@ def _finished_trials(sessions: sessionmaker[Session], device: str, since: object
             )
         ).all()
     out = []
-    for worker_id, started_at, metrics in rows:
+    for owner, started_at, metrics in rows:
         metrics = metrics or {}
         rate = metrics.get("images_per_second")
-        if worker_id and started_at is not None and isinstance(rate, (int, float)):
-            out.append(TrialFigures(worker_id, started_at, float(rate), float(metrics.get("peak_memory_bytes") or 0.0)))
+        if owner and started_at is not None and isinstance(rate, (int, float)):
+            out.append(TrialThroughput(owner, started_at, float(rate), float(metrics.get("peak_memory_bytes") or 0.0)))
     return out
 
 

@@ -10,37 +10,22 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import optuna
 import torch
 from sqlalchemy import func, select
 
-from server import queue, store, studies
+from server.core import queue, sweeps
+from server.core.backends import Backends, make_backends
 from server.core.config import Settings
-from server.core.db import make_engine, make_session_factory, retry_db, wait_for_connections
-from server.models import Sweep, SweepState, Trial, TrialState
-from server.store import Backends
-from server.tracking import Tracker
-from worker.trial import TrialRunner
+from server.core.db import retry_db
+from server.core.models import Sweep, SweepState, Trial, TrialState
+from worker.trial import TrainFn, TrialRunner
 
 log = logging.getLogger(__name__)
 
 
-def make_backends(settings: Settings, *, db_wait: float = 0.0) -> Backends:
-    """The store, Optuna storage and MLflow tracker of one process.
-
-    With ``db_wait`` (workers), new connections of the store and of Optuna wait that long for an unreachable
-    database instead of failing: a PostgreSQL restart stalls the trial rather than failing it.
-    """
-    settings.ensure_home()
-    engine = make_engine(settings.db_url)
-    storage = studies.make_storage(settings.db_url)
-    for each in (engine, storage.engine):
-        wait_for_connections(each, db_wait)
-    return Backends(
-        sessions=make_session_factory(engine),
-        storage=storage,
-        tracker=Tracker(settings.tracking_uri, settings.mlflow_experiment, settings.artifacts_root),
-    )
+def worker_id(device: str, slot: int, *, host: str | None = None, pid: int | None = None) -> str:
+    """How a slot names itself in the store (``host:pid:device:slot``): unique per process, and readable."""
+    return f"{host or socket.gethostname()}:{pid if pid is not None else os.getpid()}:{device}:{slot}"
 
 
 def share_compile_cache(home: Path) -> Path:
@@ -62,18 +47,24 @@ class WorkerOptions:
 
 
 class Worker:
-    """Runs trials on one device slot until stopped (or, in burst mode, until the queue is drained)."""
+    """Runs trials on one device slot until stopped (or, in burst mode, until the queue is drained).
 
-    def __init__(self, settings: Settings, options: WorkerOptions, backends: Backends | None = None) -> None:
+    ``train`` replaces the real training (``worker.trial.SpecTrainer``), e.g. in tests and benchmarks.
+    """
+
+    def __init__(
+        self, settings: Settings, options: WorkerOptions, backends: Backends | None = None, train: TrainFn | None = None
+    ) -> None:
         self.settings = settings
         self.options = options
         self.backends = backends or make_backends(settings, db_wait=settings.db_wait_seconds)
         self.backends.tracker.start_background()  # per-epoch MLflow metrics off the training thread
         share_compile_cache(settings.home)
-        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{options.device}:{options.slot}"
+        self.worker_id = worker_id(options.device, options.slot)
         self._stop = threading.Event()
         self.device = torch.device(options.device)
-        self.runner = TrialRunner(self.backends, settings, device=self.device, worker_id=self.worker_id, shutdown=self._stop)
+        self.runner = TrialRunner(self.backends, settings, device=self.device, worker_id=self.worker_id,
+                                  shutdown=self._stop, train=train)
         self.trials_run = 0
 
     def stop(self) -> None:
@@ -87,7 +78,6 @@ class Worker:
     def run(self) -> int:
         """Claim and run trials until stopped; returns the number of trials this worker finished or released."""
         log.info("worker %s started", self.worker_id)
-        idle_since: float | None = None
         last_reap = 0.0
         while not self._stop.is_set():
             if self.options.max_trials is not None and self.trials_run >= self.options.max_trials:
@@ -104,10 +94,8 @@ class Worker:
             if claim is None:
                 if self.options.burst and not self._work_left():
                     break
-                idle_since = idle_since or now
                 self._stop.wait(self.settings.poll_seconds)
                 continue
-            idle_since = None
             log.info("worker %s runs trial %s of sweep %s", self.worker_id, claim.number, claim.sweep_id)
             state = self.runner.run(claim)
             log.info("trial %s of sweep %s ended: %s", claim.number, claim.sweep_id, state.value if state else "released")
@@ -120,27 +108,15 @@ class Worker:
     def _reap(self) -> None:
         """Requeue trials of dead workers; close the ones out of attempts in Optuna and MLflow too."""
         try:
-            reaped = retry_db(lambda: queue.reap_expired(self.backends.sessions, self.settings.max_attempts),
-                              max_wait=self.settings.db_wait_seconds, what="reaping expired leases")
-            for expired in reaped:
-                if expired.optuna_trial_id is not None:
-                    studies.tell(self.backends.storage, expired.optuna_trial_id, optuna.trial.TrialState.FAIL)
-                if expired.mlflow_run_id:
-                    self.backends.tracker.finish_trial(expired.mlflow_run_id, "failed", "worker lost; out of attempts")
+            retry_db(lambda: sweeps.reap_expired(self.backends, self.settings.max_attempts),
+                     max_wait=self.settings.db_wait_seconds, what="reaping expired leases")
         except Exception:
             log.warning("reaping expired leases failed; will try again", exc_info=True)
 
     def _expire(self) -> None:
         """Sweeps past their timeout: their queued trials are cancelled; close what that ended in Optuna and MLflow."""
         try:
-            done = queue.expire_deadlines(self.backends.sessions)
-            for trial in done.cancelled:  # trials handed back after they had started (shutdown, lost lease)
-                if trial.optuna_trial_id is not None:
-                    studies.tell(self.backends.storage, trial.optuna_trial_id, optuna.trial.TrialState.FAIL)
-                if trial.mlflow_run_id:
-                    self.backends.tracker.finish_trial(trial.mlflow_run_id, "cancelled", "the sweep's timeout passed")
-            for sweep_id in done.ended_sweeps:
-                store.close_sweep_run(self.backends, sweep_id)
+            sweeps.expire_deadlines(self.backends)
         except Exception:
             log.warning("expiring timed-out sweeps failed; will try again", exc_info=True)
 

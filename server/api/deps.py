@@ -1,4 +1,4 @@
-"""Dependency aliases of the API layer: settings, backends, sessions and the auth guard."""
+"""Dependency aliases of the API layer: settings, backends, sessions, the catalog and the auth guard."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
+from server.core.backends import Backends
 from server.core.config import Settings
-from server.store import Backends
+from server.core.spec import Catalog
 
 
 def get_settings(request: Request) -> Settings:
@@ -25,7 +26,12 @@ def get_sessions(request: Request) -> sessionmaker[Session]:
     return request.app.state.backends.sessions
 
 
+def get_catalog(request: Request) -> Catalog:
+    return request.app.state.catalog
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+CatalogDep = Annotated[Catalog, Depends(get_catalog)]
 BackendsDep = Annotated[Backends, Depends(get_backends)]
 SessionsDep = Annotated[sessionmaker[Session], Depends(get_sessions)]
 

@@ -121,6 +121,3 @@ def _mask_password(url: Any) -> Any:
         return url
     return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/@]*):[^@/]*@", r"\1:***@", url)
 
-
-def get_settings() -> Settings:
-    return Settings()

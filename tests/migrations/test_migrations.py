@@ -8,7 +8,7 @@ from alembic.runtime.migration import MigrationContext
 
 import migrations
 from server.core.db import make_engine
-from server.models import Base
+from server.core.models import Base
 
 
 def _diff(url: str) -> list:  # type: ignore[type-arg]
@@ -27,30 +27,30 @@ def _diff(url: str) -> list:  # type: ignore[type-arg]
         engine.dispose()
 
 
-def test_upgrade_head_matches_metadata(db_url: str) -> None:
-    migrations.upgrade(db_url)
-    assert migrations.current(db_url) is not None
-    assert _diff(db_url) == []
+def test_upgrade_head_matches_metadata(empty_db_url: str) -> None:
+    migrations.upgrade(empty_db_url)
+    assert migrations.current(empty_db_url) is not None
+    assert _diff(empty_db_url) == []
 
 
-def test_own_version_table_beside_optuna(db_url: str) -> None:
+def test_own_version_table_beside_optuna(empty_db_url: str) -> None:
     """Optuna keeps its own `alembic_version` in the same database; ours must not collide with it."""
-    from server.studies import make_storage
+    from server.core.studies import make_storage
 
-    make_storage(db_url)  # Optuna creates its tables first
-    migrations.upgrade(db_url)
-    engine = make_engine(db_url)
+    make_storage(empty_db_url)  # Optuna creates its tables first
+    migrations.upgrade(empty_db_url)
+    engine = make_engine(empty_db_url)
     names = set(sa.inspect(engine).get_table_names())
     engine.dispose()
     assert {"sweeps", "sweep_trials", migrations.VERSION_TABLE, "alembic_version", "studies", "trials"} <= names
-    assert _diff(db_url) == []
+    assert _diff(empty_db_url) == []
 
 
-def test_downgrade_to_base_and_up_again(db_url: str) -> None:
-    migrations.upgrade(db_url)
-    migrations.downgrade(db_url, "base")
-    engine = make_engine(db_url)
+def test_downgrade_to_base_and_up_again(empty_db_url: str) -> None:
+    migrations.upgrade(empty_db_url)
+    migrations.downgrade(empty_db_url, "base")
+    engine = make_engine(empty_db_url)
     assert "sweeps" not in sa.inspect(engine).get_table_names()
     engine.dispose()
-    migrations.upgrade(db_url)
-    assert _diff(db_url) == []
+    migrations.upgrade(empty_db_url)
+    assert _diff(empty_db_url) == []

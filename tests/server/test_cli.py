@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -18,15 +17,9 @@ import yaml
 from typer.testing import CliRunner
 
 from server.cli import app
-from tests.helpers import quick_spec
+from tests.helpers import free_port, quick_spec
 
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -115,7 +108,8 @@ def test_cli_without_server_says_so(cli_env: dict[str, str]) -> None:
     assert result.exit_code == 1 and "cannot reach the vitsweep API" in result.output
 
 
-def test_catalog_and_db_commands(cli_env: dict[str, str]) -> None:
+def test_catalog_and_db_commands(api: str, cli_env: dict[str, str]) -> None:
+    """The catalog comes from the API, like every client command's answer; migrations run locally."""
     runner = CliRunner()
     models = json.loads(runner.invoke(app, ["models", "--json", "--img-size", "32"]).output)
     assert {"vit", "cnn", "resnet18"} <= {m["name"] for m in models}
@@ -147,7 +141,11 @@ def test_readme_demo_command(cli_env: dict[str, str], tmp_path: Path) -> None:
     for address in ("API docs", "MLflow UI", "Optuna dashboard"):
         assert address in out
     assert "comparison" in out
-    assert elapsed < 600
+    # The comparison table lists the sweep's six trials, each finished (completed or pruned by the median rule).
+    table = out[out.index("comparison"):]
+    rows = re.findall(r"^\s*\d+\s+\d+\s+vit\s+digits\b.*\b(completed|pruned)\b", table, flags=re.M)
+    assert len(rows) == 6, table[:3000]
+    print(f"README command (1) took {elapsed:.0f} s")  # a figure for the log, not an assertion
     # Every service of the stack was stopped again.
     leftover = subprocess.run(["pgrep", "-f", cli_env["VITSWEEP_HOME"]], capture_output=True, text=True).stdout
     assert leftover.strip() == ""

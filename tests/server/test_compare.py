@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from server.cli import app
-from tests.helpers import quick_spec
+from tests.helpers import free_port, quick_spec
 from worker.worker import Worker, WorkerOptions
 
 # The columns: sweep, model, dataset, searched values, parameter count, best validation accuracy, final
@@ -102,12 +101,6 @@ def test_compare_two_sweeps_over_the_api(client, settings, backends) -> None:  #
         body = [line.split("|")[1].strip() for line in lines[2:]]
         assert body == [str(a), str(a), str(b), str(b)]
         assert "lr=0.001" in lines[4] and "vit" in lines[4] and "digits" in lines[4]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager

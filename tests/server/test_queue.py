@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import optuna
 
-from server import queue, store, studies
-from server.models import SweepState, TrialState
-from server.spec import ExperimentSpec
+from server.core import queue, studies, sweeps
+from server.core.models import SweepState, TrialState
+from server.core.spec import ExperimentSpec
 from tests.helpers import quick_spec
 
 
 def _sweep(backends, n: int = 3, **changes):  # type: ignore[no-untyped-def]
     spec = quick_spec(search={**quick_spec()["search"], "n_trials": n}, **changes)
-    return store.create_sweep(backends, ExperimentSpec.model_validate(spec))
+    return sweeps.create_sweep(backends, ExperimentSpec.model_validate(spec))
 
 
 def test_claims_oldest_first_across_sweeps(backends) -> None:  # type: ignore[no-untyped-def]
@@ -29,14 +29,14 @@ def test_only_the_owner_heartbeats_finishes_or_releases(backends) -> None:  # ty
     sweep = _sweep(backends, 1)
     claim = queue.claim(backends.sessions, "owner", "cpu", 60)
     assert claim is not None
-    assert queue.heartbeat(backends.sessions, claim.trial_id, "owner", 60, epochs_done=1, value=0.5).owned
-    assert not queue.heartbeat(backends.sessions, claim.trial_id, "intruder", 60).owned
-    assert queue.finish(backends.sessions, claim.trial_id, "intruder", TrialState.completed, value=1.0) == (False, None)
-    assert not queue.release(backends.sessions, claim.trial_id, "intruder", epochs_done=1, reason="x")
-    written, sweep_state = queue.finish(backends.sessions, claim.trial_id, "owner", TrialState.completed, value=0.75,
+    assert queue.heartbeat(backends.sessions, claim.row_id, "owner", 60, epochs_done=1, value=0.5).owned
+    assert not queue.heartbeat(backends.sessions, claim.row_id, "intruder", 60).owned
+    assert queue.finish(backends.sessions, claim.row_id, "intruder", TrialState.completed, value=1.0) == (False, None)
+    assert not queue.release(backends.sessions, claim.row_id, "intruder", epochs_done=1, reason="x")
+    written, sweep_state = queue.finish(backends.sessions, claim.row_id, "owner", TrialState.completed, value=0.75,
                                         metrics={"params": 10}, epochs_done=1)
     assert written and sweep_state is SweepState.completed  # its only trial finished
-    view = store.get_sweep(backends.sessions, sweep.id)
+    view = sweeps.get_sweep(backends.sessions, sweep.id)
     assert view.sweep.state is SweepState.completed and view.best is not None and view.best.value == 0.75
     assert view.counts["completed"] == 1
 
@@ -45,11 +45,11 @@ def test_release_returns_the_trial_without_spending_an_attempt(backends) -> None
     _sweep(backends, 1)
     claim = queue.claim(backends.sessions, "w", "cpu", 60)
     assert claim is not None
-    assert queue.bind(backends.sessions, claim.trial_id, "w", optuna_trial_id=7, optuna_trial_number=0)
-    assert queue.attach(backends.sessions, claim.trial_id, "w", params={"train.lr": 0.01}, mlflow_run_id="run")
-    assert queue.release(backends.sessions, claim.trial_id, "w", epochs_done=3, reason="shutdown")
+    assert queue.bind(backends.sessions, claim.row_id, "w", optuna_trial_id=7, optuna_trial_number=0)
+    assert queue.attach(backends.sessions, claim.row_id, "w", params={"train.lr": 0.01}, mlflow_run_id="run")
+    assert queue.release(backends.sessions, claim.row_id, "w", epochs_done=3, reason="shutdown")
     again = queue.claim(backends.sessions, "w2", "cpu", 60)
-    assert again is not None and again.trial_id == claim.trial_id
+    assert again is not None and again.row_id == claim.row_id
     assert again.attempts == 1 and again.resuming and again.epochs_done == 3
     assert again.params == {"train.lr": 0.01} and again.mlflow_run_id == "run"
 
@@ -62,14 +62,14 @@ def test_a_trial_handed_back_before_its_run_keeps_its_optuna_trial(backends) -> 
     assert claim is not None
     trial_id, number = studies.create_trial(backends.storage, sweep.study_name, claim.number)
     assert studies.create_trial(backends.storage, sweep.study_name, claim.number) == (trial_id, number)  # once
-    assert queue.bind(backends.sessions, claim.trial_id, "w", optuna_trial_id=trial_id, optuna_trial_number=number)
-    assert not queue.bind(backends.sessions, claim.trial_id, "intruder", optuna_trial_id=1, optuna_trial_number=1)
-    assert queue.release(backends.sessions, claim.trial_id, "w", epochs_done=0, reason="store away")
+    assert queue.bind(backends.sessions, claim.row_id, "w", optuna_trial_id=trial_id, optuna_trial_number=number)
+    assert not queue.bind(backends.sessions, claim.row_id, "intruder", optuna_trial_id=1, optuna_trial_number=1)
+    assert queue.release(backends.sessions, claim.row_id, "w", epochs_done=0, reason="store away")
     again = queue.claim(backends.sessions, "w2", "cpu", 60)
     assert again is not None and not again.resuming
     assert again.optuna_trial_id == trial_id and again.optuna_trial_number == number and again.mlflow_run_id is None
-    assert queue.release(backends.sessions, again.trial_id, "w2", epochs_done=0, reason="store away")
-    store.cancel_sweep(backends, sweep.id)
+    assert queue.release(backends.sessions, again.row_id, "w2", epochs_done=0, reason="store away")
+    sweeps.cancel_sweep(backends, sweep.id)
     assert backends.storage.get_trial(trial_id).state == optuna.trial.TrialState.FAIL
 
 
@@ -77,14 +77,14 @@ def test_paused_sweeps_are_not_claimed_and_cancel_reaches_heartbeats(backends) -
     sweep = _sweep(backends, 2)
     running = queue.claim(backends.sessions, "w", "cpu", 60)
     assert running is not None
-    store.set_paused(backends.sessions, sweep.id, True)
+    sweeps.set_paused(backends.sessions, sweep.id, True)
     assert queue.claim(backends.sessions, "w", "cpu", 60) is None
-    assert queue.heartbeat(backends.sessions, running.trial_id, "w", 60).stop_reason is None  # pause lets it finish
-    store.set_paused(backends.sessions, sweep.id, False)
-    store.cancel_sweep(backends, sweep.id)
-    assert queue.heartbeat(backends.sessions, running.trial_id, "w", 60).stop_reason == "sweep cancelled"
+    assert queue.heartbeat(backends.sessions, running.row_id, "w", 60).stop_reason is None  # pause lets it finish
+    sweeps.set_paused(backends.sessions, sweep.id, False)
+    sweeps.cancel_sweep(backends, sweep.id)
+    assert queue.heartbeat(backends.sessions, running.row_id, "w", 60).stop_reason == "sweep cancelled"
     assert queue.claim(backends.sessions, "w", "cpu", 60) is None
-    trials = store.list_trials(backends.sessions, sweep.id)
+    trials = sweeps.list_trials(backends.sessions, sweep.id)
     assert [t.state for t in trials] == [TrialState.running, TrialState.cancelled]
 
 
@@ -95,6 +95,6 @@ def test_expired_leases_only(backends) -> None:  # type: ignore[no-untyped-def]
     assert alive is not None and dead is not None
     assert queue.reap_expired(backends.sessions, max_attempts=3) == []
     again = queue.claim(backends.sessions, "new", "cpu", 60)
-    assert again is not None and again.trial_id == dead.trial_id and again.attempts == 2
-    assert queue.heartbeat(backends.sessions, alive.trial_id, "alive", 60).owned
-    assert not queue.heartbeat(backends.sessions, dead.trial_id, "dead", 60).owned  # its lease is gone
+    assert again is not None and again.row_id == dead.row_id and again.attempts == 2
+    assert queue.heartbeat(backends.sessions, alive.row_id, "alive", 60).owned
+    assert not queue.heartbeat(backends.sessions, dead.row_id, "dead", 60).owned  # its lease is gone

@@ -27,9 +27,9 @@ FEWER_EXAMPLES = {"GET /api/v1/models": 5}
 @pytest.fixture
 def app(pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     import migrations
+    from server.core.backends import make_backends
     from server.core.config import Settings
     from server.main import create_app
-    from worker.worker import make_backends
 
     for key in list(os.environ):
         if key.startswith("VITSWEEP_"):

@@ -16,10 +16,10 @@ import optuna
 import pytest
 from sqlalchemy import update
 
-from server import queue
+from server.core import queue
 from server.core.db import write_session
-from server.models import Sweep, TrialState, utcnow
-from tests.helpers import quick_spec
+from server.core.models import Sweep, TrialState, utcnow
+from tests.helpers import quick_spec, train_with_hook
 from worker.worker import Worker, WorkerOptions
 
 OPTUNA_STATE = {
@@ -322,16 +322,14 @@ def test_timeout_cancels_queued_trials_and_ends_the_sweep(client, settings, back
     sweep = submit(client, spec)
     deadline = client.get(f"/api/v1/sweeps/{sweep['id']}").json()["deadline"]
     assert deadline is not None
-    worker = Worker(settings, WorkerOptions(device="cpu", burst=True), backends=backends)
-    original = worker.runner._on_epoch
 
-    def time_runs_out(ctx, report):  # type: ignore[no-untyped-def]
-        if ctx.claim.number == 0 and report.epoch == 1:  # mid-trial: the timeout passes
+    def time_runs_out(job, report):  # type: ignore[no-untyped-def]
+        if job.claim.number == 0 and report.epoch == 1:  # mid-trial: the timeout passes
             with write_session(backends.sessions) as session:
                 session.execute(update(Sweep).where(Sweep.id == sweep["id"]).values(deadline=utcnow() - timedelta(seconds=1)))
-        original(ctx, report)
 
-    worker.runner._on_epoch = time_runs_out  # type: ignore[method-assign]
+    worker = Worker(settings, WorkerOptions(device="cpu", burst=True), backends=backends,
+                    train=train_with_hook(settings, time_runs_out))
     worker.run()
     got, trials, _ = three_places(client, backends, sweep["id"])
     assert got["state"] == "completed"
@@ -385,7 +383,7 @@ def test_max_concurrent_trials_holds_under_concurrent_claims(client, settings, b
     assert not [c for c in claim_round(4) if c.sweep_id == limited["id"]]  # still at its limit
     # One finishes: exactly one more may start.
     first = min((c for c in claimed if c.sweep_id == limited["id"]), key=lambda c: c.number)
-    written, _ = queue.finish(backends.sessions, first.trial_id, _owner(backends, first.trial_id), TrialState.completed)
+    written, _ = queue.finish(backends.sessions, first.row_id, _owner(backends, first.row_id), TrialState.completed)
     assert written
     again = [c for c in claim_round(3) if c.sweep_id == limited["id"]]
     assert [c.number for c in again] == [2]
@@ -394,7 +392,7 @@ def test_max_concurrent_trials_holds_under_concurrent_claims(client, settings, b
 
 
 def _owner(backends, trial_id: int) -> str:  # type: ignore[no-untyped-def]
-    from server.models import Trial
+    from server.core.models import Trial
 
     with backends.sessions() as session:
         return session.get_one(Trial, trial_id).worker_id or ""
@@ -406,16 +404,13 @@ def test_max_concurrent_trials_through_workers(client, settings, backends) -> No
     sweep = submit(client, quick_spec(train={"epochs": 2},
                                       search={**quick_spec()["search"], "n_trials": 4, "max_concurrent_trials": 1}))
     peak = [0]
-    workers = [Worker(settings, WorkerOptions(device="cpu", burst=True, slot=i), backends=backends) for i in range(2)]
-    for w in workers:
-        original = w.runner._on_epoch
 
-        def watch(ctx, report, original=original):  # type: ignore[no-untyped-def]
-            running = client.get(f"/api/v1/sweeps/{sweep['id']}").json()["counts"]["running"]
-            peak[0] = max(peak[0], running)
-            original(ctx, report)
+    def watch(job, report):  # type: ignore[no-untyped-def]
+        running = client.get(f"/api/v1/sweeps/{sweep['id']}").json()["counts"]["running"]
+        peak[0] = max(peak[0], running)
 
-        w.runner._on_epoch = watch  # type: ignore[method-assign]
+    workers = [Worker(settings, WorkerOptions(device="cpu", burst=True, slot=i), backends=backends,
+                      train=train_with_hook(settings, watch)) for i in range(2)]
     threads = [threading.Thread(target=w.run) for w in workers]
     for t in threads:
         t.start()
@@ -433,7 +428,8 @@ def test_max_concurrent_trials_through_workers(client, settings, backends) -> No
 def test_multi_objective_and_family_specs_are_checked_at_submission() -> None:
     from pydantic import ValidationError
 
-    from server.spec import ExperimentSpec, SpecError, validate_plan
+    from server.core.spec import ExperimentSpec, SpecError, validate_plan
+    from worker.catalog import WORKER_CATALOG
 
     families = {"name": "cnn", "arch": {}, "arch_by_model": {"cnn": {"width": 8}, "vit": {"patch_size": 4, "hidden_dim": 16}}}
     space = {"model.name": {"type": "categorical", "choices": ["cnn", "vit"]}}
@@ -443,7 +439,7 @@ def test_multi_objective_and_family_specs_are_checked_at_submission() -> None:
 
     ok = spec(sampler="nsga2", metrics=["val_acc", "seconds_per_epoch"], directions=["maximize", "minimize"])
     assert ok.objectives == ["val_acc", "seconds_per_epoch"] and ok.metric == "val_acc" and ok.multi_objective
-    validate_plan(ok)  # builds the cnn and the vit on the meta device
+    validate_plan(ok, WORKER_CATALOG)  # builds the cnn and the vit on the meta device
     resolved = ok.resolve({"model.name": "vit"})
     assert resolved.model.arch == {"patch_size": 4, "hidden_dim": 16} and resolved.model.arch_by_model == {}
     assert resolved.objectives == ok.objectives  # a trial knows its sweep's objectives
@@ -466,17 +462,17 @@ def test_multi_objective_and_family_specs_are_checked_at_submission() -> None:
     bad_block = quick_spec(model={**families, "arch_by_model": {**families["arch_by_model"], "mlp_mixer": {}}},
                            search={"n_trials": 2, "space": space})
     with pytest.raises(SpecError) as exc:
-        validate_plan(ExperimentSpec.model_validate(bad_block))
+        validate_plan(ExperimentSpec.model_validate(bad_block), WORKER_CATALOG)
     assert exc.value.loc == ("model", "arch_by_model", "mlp_mixer")
     # A family's searched keyword is checked with that family chosen, at each bound.
     bad_range = quick_spec(model=families, search={"n_trials": 2, "space": {
         **space, "model.arch_by_model.vit.num_heads": {"type": "int", "low": 2, "high": 3}}})
     with pytest.raises(SpecError) as exc:
-        validate_plan(ExperimentSpec.model_validate(bad_range))
+        validate_plan(ExperimentSpec.model_validate(bad_range), WORKER_CATALOG)
     assert exc.value.loc == ("search", "space", "model.arch_by_model.vit.num_heads")
     assert "vit" in exc.value.msg and "num_heads" in exc.value.msg
     with pytest.raises(SpecError, match="not a registered model"):
         validate_plan(ExperimentSpec.model_validate(quick_spec(search={"n_trials": 2, "space": {
-            "model.arch_by_model.vitt.depth": {"type": "int", "low": 1, "high": 2}}})))
+            "model.arch_by_model.vitt.depth": {"type": "int", "low": 1, "high": 2}}})), WORKER_CATALOG)
     assert math.isclose(spec(timeout=90).timeout or 0, 90)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,9 @@ from pydantic import SecretStr
 from sqlalchemy import func, select
 
 from server.core.config import Settings
+from server.core.models import Sweep, Trial
 from server.main import create_app
-from server.models import Sweep, Trial
+from tests.conftest import Templates
 from tests.helpers import quick_spec
 
 TOKEN = "s3cret-Token-for-tests-0123456789"
@@ -39,8 +41,9 @@ PRECONDITIONS = {("POST", "/api/v1/sweeps/{sweep_id}/resume"): "pause"}
 
 
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:
+def db_url(tmp_path: Path, templates: Templates) -> str:
     """Overrides conftest's both-backends parameter: auth and input checks happen before any storage."""
+    shutil.copyfile(templates.store, tmp_path / "vitsweep.db")
     return f"sqlite:///{tmp_path / 'vitsweep.db'}"
 
 
@@ -49,18 +52,18 @@ def _app(settings: Settings, backends: Any, **changes: Any) -> TestClient:
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, Any, Settings]]:
-    """One secured app for the many tests that store nothing (bad input): building backends takes seconds."""
-    import migrations
-    from worker.worker import make_backends
+def shared(tmp_path_factory: pytest.TempPathFactory, templates: Templates) -> Iterator[tuple[TestClient, Any, Settings]]:
+    """One secured app for the many tests that store nothing (bad input)."""
+    from server.core.backends import make_backends
 
     home = tmp_path_factory.mktemp("shared")
+    shutil.copyfile(templates.store, home / "vitsweep.db")
+    shutil.copyfile(templates.mlflow, home / "mlflow.db")
     settings = Settings(home=home, database_url=f"sqlite:///{home / 'vitsweep.db'}", api_token=TOKEN)
-    migrations.upgrade(settings.db_url)
     backends = make_backends(settings)
     with TestClient(create_app(settings, backends)) as client:
         yield client, backends, settings
-    backends.sessions.kw["bind"].dispose()
+    backends.dispose()
 
 
 @pytest.fixture
@@ -209,9 +212,9 @@ def test_database_errors_never_show_the_url(tmp_path: Path, caplog: pytest.LogCa
     """An unreachable database is a 503 with a fixed message: no URL, no password, no driver text."""
     import optuna
 
+    from server.core.backends import Backends
     from server.core.db import make_engine, make_session_factory
-    from server.store import Backends
-    from server.tracking import Tracker
+    from server.core.tracking import Tracker
 
     caplog.set_level(logging.DEBUG)
     url = "postgresql+psycopg://bob:hunter2@127.0.0.1:1/nowhere"  # port 1: refused at once
@@ -402,18 +405,20 @@ def test_bad_query_and_path_values_are_422(shared: tuple[TestClient, Any, Settin
 def test_paths_are_confined_in_the_worker_too(tmp_path: Path) -> None:
     """A spec stored before these checks existed (or written to the database by hand) still cannot reach outside
     the data directory: the worker resolves both paths under it again."""
-    from worker.data.imagefolder import resolve_inside
-    from worker.exceptions import PermanentTrialError
-    from worker.trial import _confined
+    from server.core.datapaths import confine
+    from server.core.exceptions import PathEscapeError
+    from worker.data import load_dataset
+    from worker.retry import Outcome, RetryPolicy
 
     root = tmp_path / "data"
     root.mkdir()
-    assert _confined(root, "w/model.pt") == (root / "w" / "model.pt").resolve()
+    assert confine(root, "w/model.pt", "model.pretrained") == (root / "w" / "model.pt").resolve()
     for bad in ("/etc/passwd", "../x.pt", "w/../../x.pt"):
-        with pytest.raises(PermanentTrialError):
-            _confined(root, bad)
+        with pytest.raises(PathEscapeError) as escaped:
+            confine(root, bad, "model.pretrained")
+        assert RetryPolicy().classify(escaped.value, attempts=1) is Outcome.fail  # a bad spec is never retried
         with pytest.raises(ValueError):
-            resolve_inside(root, bad)
+            load_dataset("imagefolder", root=root, img_size=8, path=bad)
 
 
 def test_messages_name_the_bad_field(shared: tuple[TestClient, Any, Settings]) -> None:

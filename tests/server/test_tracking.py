@@ -4,17 +4,20 @@ and failures logged rather than raised into training. Against a real MLflow stor
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from server.tracking import Tracker
+from server.core.tracking import Tracker
+from tests.conftest import Templates
 
 
 @pytest.fixture
-def tracker(tmp_path: Path) -> Tracker:
+def tracker(tmp_path: Path, templates: Templates) -> Tracker:
+    shutil.copyfile(templates.mlflow, tmp_path / "mlflow.db")
     t = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "bg", tmp_path / "artifacts")
     t.start_background()
     return t
@@ -90,7 +93,7 @@ def test_failures_are_logged_not_raised(
 ) -> None:
     run_id = _trial_run(tracker)
     real = tracker.client.log_batch
-    monkeypatch.setattr("server.tracking.time.sleep", lambda _s: None)  # no back-off pauses in the test
+    monkeypatch.setattr("server.core.tracking.time.sleep", lambda _s: None)  # no back-off pauses in the test
 
     def flaky(run_id: str, metrics=(), **kwargs):  # type: ignore[no-untyped-def]
         if metrics and metrics[0].step == 2:
@@ -98,7 +101,7 @@ def test_failures_are_logged_not_raised(
         return real(run_id, metrics=metrics, **kwargs)
 
     monkeypatch.setattr(tracker.client, "log_batch", flaky)
-    with caplog.at_level(logging.WARNING, logger="server.tracking"):
+    with caplog.at_level(logging.WARNING, logger="server.core.tracking"):
         for epoch in (1, 2, 3):
             tracker.log_epoch(run_id, epoch, {"val_acc": epoch / 10})  # never raises
         assert tracker.flush(timeout=60)

@@ -1,8 +1,8 @@
 """PostgreSQL restarted in the middle of a sweep: the worker waits for it and goes on, the API answers 503 while
 it is away and 200 again after, and every trial still completes exactly once.
 
-The test restarts the local cluster (the one every PostgreSQL test shares), so the outage is kept short and the
-cluster is started again whatever happens.
+The test runs a PostgreSQL server of its own (``tests.helpers.PrivatePostgres``) and stops and starts that one, so
+no other test's database is touched, whatever runs beside it.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,24 +21,15 @@ from fastapi.testclient import TestClient
 from mlflow import MlflowClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from server import store
+from server.core import sweeps
 from server.core.config import Settings
-from server.models import SweepState, TrialState
-from server.spec import ExperimentSpec
-from tests.conftest import PG_ADMIN_URL
-from tests.helpers import quick_spec
+from server.core.models import SweepState, TrialState
+from server.core.spec import ExperimentSpec
+from tests.helpers import PrivatePostgres, quick_spec
 
 BIN = Path(sys.executable).parent
 N_TRIALS = 10
 OUTAGE_SECONDS = 8.0  # the cluster is down this long (plus its own stop and start time)
-
-
-def _cluster(action: str) -> None:
-    version = sorted(os.listdir("/etc/postgresql"))[-1]
-    argv = ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action]
-    if action in ("stop", "restart"):
-        argv += ["-m", "fast"]
-    subprocess.run(argv, check=True, capture_output=True, timeout=60)
 
 
 def _wait_for_postgres(url: str, timeout: float = 60.0) -> None:
@@ -60,27 +50,20 @@ def _wait_for_postgres(url: str, timeout: float = 60.0) -> None:
 
 
 @pytest.fixture
-def restartable_pg_url(pg_available: None) -> Iterator[str]:
-    """Like conftest's ``pg_url``, but its admin engine pre-pings, so dropping the database works after the restart."""
-    name = f"vitsweep_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    _wait_for_postgres(PG_ADMIN_URL)
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+def private_pg() -> Iterator[PrivatePostgres]:
+    server = PrivatePostgres()
+    yield server
+    server.close()
 
 
 @pytest.fixture
-def pg_env(restartable_pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+def pg_env(private_pg: PrivatePostgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     for key in list(os.environ):
         if key.startswith("VITSWEEP_"):
             monkeypatch.delenv(key)
     env = {
         "VITSWEEP_HOME": str(tmp_path / "home"),
-        "VITSWEEP_DATABASE_URL": restartable_pg_url,
+        "VITSWEEP_DATABASE_URL": private_pg.create_database("vitsweep_restart"),
         "VITSWEEP_POLL_SECONDS": "0.2",
         "VITSWEEP_LEASE_SECONDS": "60",
         "VITSWEEP_HEARTBEAT_SECONDS": "1",
@@ -92,15 +75,15 @@ def pg_env(restartable_pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 def _counts(sessions: sessionmaker[Session], sweep_id: int) -> dict[str, int]:
-    return store.get_sweep(sessions, sweep_id).counts
+    return sweeps.get_sweep(sessions, sweep_id).counts
 
 
 @pytest.mark.slow
 @pytest.mark.postgres
-def test_sweep_survives_a_postgres_restart(pg_env: dict[str, str], tmp_path: Path) -> None:
+def test_sweep_survives_a_postgres_restart(pg_env: dict[str, str], private_pg: PrivatePostgres, tmp_path: Path) -> None:
     import migrations
+    from server.core.backends import make_backends
     from server.main import create_app
-    from worker.worker import make_backends
 
     settings = Settings()
     migrations.upgrade(settings.db_url)
@@ -111,7 +94,7 @@ def test_sweep_survives_a_postgres_restart(pg_env: dict[str, str], tmp_path: Pat
         train={"epochs": 3},
         search={**quick_spec()["search"], "n_trials": N_TRIALS},
     )
-    sweep_id = store.create_sweep(backends, ExperimentSpec.model_validate(spec)).id
+    sweep_id = sweeps.create_sweep(backends, ExperimentSpec.model_validate(spec)).id
     log_path = tmp_path / "worker.log"
     worker = subprocess.Popen(
         [str(BIN / "vitsweep"), "worker", "--burst", "--slots-per-device", "2"],
@@ -129,12 +112,12 @@ def test_sweep_survives_a_postgres_restart(pg_env: dict[str, str], tmp_path: Pat
             before = _counts(backends.sessions, sweep_id)
             down_at = time.monotonic()
             try:
-                _cluster("stop")
+                private_pg.stop()
                 during = api.get(f"/api/v1/sweeps/{sweep_id}")
                 health = api.get("/healthz")
                 time.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - down_at)))
             finally:
-                _cluster("start")
+                private_pg.start()
                 _wait_for_postgres(pg_env["VITSWEEP_DATABASE_URL"])
                 outage = time.monotonic() - down_at
             assert during.status_code == 503 and "database unavailable" in during.json()["detail"], during.text
@@ -156,9 +139,9 @@ def test_sweep_survives_a_postgres_restart(pg_env: dict[str, str], tmp_path: Pat
     waits = [line for line in log.splitlines() if "database unreachable" in line or "retrying in" in line]
     assert waits, log[-5000:]
     print(f"{len(waits)} waits/retries in the worker's log, e.g. {waits[0][-160:]}")
-    view = store.get_sweep(backends.sessions, sweep_id)
+    view = sweeps.get_sweep(backends.sessions, sweep_id)
     assert view.sweep.state == SweepState.completed, view.counts
-    trials = store.list_trials(backends.sessions, sweep_id)
+    trials = sweeps.list_trials(backends.sessions, sweep_id)
     assert len(trials) == N_TRIALS
     assert [t.state for t in trials] == [TrialState.completed] * N_TRIALS, [(t.number, t.state, t.error) for t in trials]
     assert all(t.epochs_done == 3 and t.value is not None for t in trials)

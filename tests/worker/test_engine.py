@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from server.spec import ExperimentSpec
+from server.core.spec import ExperimentSpec
 from worker.data import DatasetSplits, ImageSet, TensorImageSet, load_dataset
 from worker.engine import EpochReport, FitResult, evaluate, fit, load_checkpoint
 from worker.exceptions import TrialPruned, TrialStopped
@@ -280,17 +280,24 @@ def test_precisions_run_on_cpu(small: DatasetSplits, tmp_path: Path, precision: 
 
 def test_grad_clip(small: DatasetSplits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[float] = []
+    before: list[float] = []  # the gradient norm torch saw, before clipping
+    after: list[float] = []  # the norm of the gradients the optimizer then stepped with
     real = torch.nn.utils.clip_grad_norm_
 
     def spy(params: Any, max_norm: float, *args: Any, **kwargs: Any) -> torch.Tensor:
+        params = list(params)
         calls.append(max_norm)
         norm = real(params, max_norm, *args, **kwargs)
+        before.append(float(norm))
+        after.append(float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))))
         return norm
 
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
     spec = make_spec(epochs=1, grad_clip=0.25)
     result, _ = run(spec, small, tmp_path)
     assert calls == [0.25] * 4  # 256 inputs in batches of 64
+    assert max(before) > 0.25  # there was something to clip ...
+    assert all(a <= 0.25 * (1 + 1e-4) for a in after), after  # ... and every step used clipped gradients
     assert math.isfinite(result.final["train_loss"])
 
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from server.spec import TrainSpec
+from server.core.spec import TrainSpec
 from worker.data import TensorImageSet
 from worker.engine import plots, stats
 from worker.engine.budget import Budget, steps_for

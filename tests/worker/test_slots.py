@@ -11,7 +11,7 @@ from worker.slots import (
     CONTEXT_BYTES,
     AutoSlots,
     Level,
-    TrialFigures,
+    TrialThroughput,
     cpu_slots,
     decide,
     measure,
@@ -82,8 +82,8 @@ def test_decide_needs_a_level() -> None:
         decide([], device_memory=None)
 
 
-def _trial(worker: str, minutes: float, ips: float, peak: float = GiB) -> TrialFigures:
-    return TrialFigures(worker, T0 + timedelta(minutes=minutes), ips, peak)
+def _trial(worker: str, minutes: float, ips: float, peak: float = GiB) -> TrialThroughput:
+    return TrialThroughput(worker, T0 + timedelta(minutes=minutes), ips, peak)
 
 
 def test_measure_waits_for_every_slot_and_sums_medians() -> None:
@@ -172,9 +172,9 @@ def test_autoscale_reads_the_store_and_adds_a_slot(settings, backends, monkeypat
     from sqlalchemy import update
 
     from server.core.db import write_session
-    from server.models import Trial, TrialState, utcnow
-    from server.spec import ExperimentSpec
-    from server.store import create_sweep
+    from server.core.models import Trial, TrialState, utcnow
+    from server.core.spec import ExperimentSpec
+    from server.core.sweeps import create_sweep
     from tests.helpers import quick_spec
     from worker import supervisor as sup
     from worker.worker import Worker, WorkerOptions

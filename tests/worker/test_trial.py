@@ -1,4 +1,4 @@
-"""Pieces of the trial runner that need no database."""
+"""Pieces of a trial that need no database: its summary when stopped early, and the paths it may open."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from worker.exceptions import PermanentTrialError
-from worker.trial import _confined, _partial_figures
+from server.core.datapaths import confine
+from server.core.exceptions import PathEscapeError
+from worker.engine.summary import history_summary
 
 
 def test_partial_figures_of_a_pruned_trial() -> None:
@@ -16,18 +17,18 @@ def test_partial_figures_of_a_pruned_trial() -> None:
         {"train_acc": 0.6, "val_acc": 0.7, "val_loss": 1.0, "epoch_seconds": 3.0, "images_per_second": 300.0},
         {"train_acc": 0.8, "val_acc": 0.65, "val_loss": 1.1, "epoch_seconds": 2.0, "images_per_second": 200.0},
     ]
-    figures = _partial_figures(history)
-    assert figures == {
-        "best_val_acc": 0.7, "best_epoch": 2.0, "final_train_acc": 0.8, "final_val_loss": 1.1,
+    summary = history_summary(history)
+    assert summary == {
+        "best_val_acc": 0.7, "best_epoch": 2.0, "final_train_acc": 0.8, "final_val_acc": 0.65, "final_val_loss": 1.1,
         "seconds_per_epoch": 2.0, "images_per_second": 200.0,
     }
-    assert _partial_figures([]) == {}
-    assert _partial_figures([{"val_acc": float("nan")}]) == {}
+    assert history_summary([]) == {}
+    assert history_summary([{"val_acc": float("nan")}]) == {}
 
 
 def test_spec_paths_stay_inside_their_root(tmp_path: Path) -> None:
     (tmp_path / "weights").mkdir()
-    assert _confined(tmp_path, "weights/vit.pt") == (tmp_path / "weights" / "vit.pt").resolve()
+    assert confine(tmp_path, "weights/vit.pt", "model.pretrained") == (tmp_path / "weights" / "vit.pt").resolve()
     for bad in ("/etc/passwd", "../outside.pt", "weights/../../outside.pt"):
-        with pytest.raises(PermanentTrialError):
-            _confined(tmp_path, bad)
+        with pytest.raises(PathEscapeError):
+            confine(tmp_path, bad, "model.pretrained")

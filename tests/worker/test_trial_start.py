@@ -12,13 +12,12 @@ from typing import Any
 
 import optuna
 import pytest
-from mlflow.exceptions import MlflowException
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from server import queue
-from server.models import Trial
-from tests.helpers import quick_spec
+from server.core import queue
+from server.core.models import Trial
+from tests.helpers import mlflow_unreachable_error, quick_spec
 from worker.worker import Worker, WorkerOptions
 
 N_TRIALS = 3
@@ -88,8 +87,7 @@ def _mlflow_down_after_create_run(backends, monkeypatch) -> None:  # type: ignor
     real = client.log_text
 
     def fault(*args: Any, **kwargs: Any) -> Any:
-        raise MlflowException("API request to http://mlflow:5000/api/2.0/mlflow/artifacts failed with exception "
-                              "ConnectionError('Connection refused')")
+        raise mlflow_unreachable_error()
 
     monkeypatch.setattr(client, "log_text", _once(real, fault))
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from server import queue
-from server.models import TrialState
-from tests.helpers import quick_spec
+from server.core import queue
+from server.core.models import TrialState
+from tests.helpers import quick_spec, train_with_hook
 from worker.worker import Worker, WorkerOptions
 
 OPTUNA_STATE = {
@@ -113,15 +113,13 @@ def test_invalid_data_fails_trial_without_retry(client, settings, backends) -> N
 def test_cancel_reaches_running_trial(client, settings, backends) -> None:  # type: ignore[no-untyped-def]
     spec = quick_spec(train={"epochs": 50}, search={**quick_spec()["search"], "n_trials": 2})
     sweep = client.post("/api/v1/sweeps", json=spec).json()
-    worker = Worker(settings, WorkerOptions(device="cpu", burst=True), backends=backends)
-    original = worker.runner._on_epoch
 
-    def cancel_after_two(ctx, report):  # type: ignore[no-untyped-def]
+    def cancel_after_two(job, report):  # type: ignore[no-untyped-def]
         if report.epoch == 2:
             client.post(f"/api/v1/sweeps/{sweep['id']}/cancel")
-        original(ctx, report)
 
-    worker.runner._on_epoch = cancel_after_two  # type: ignore[method-assign]
+    worker = Worker(settings, WorkerOptions(device="cpu", burst=True), backends=backends,
+                    train=train_with_hook(settings, cancel_after_two))
     worker.run()
     trials = client.get(f"/api/v1/sweeps/{sweep['id']}/trials").json()
     assert trials[0]["state"] == "cancelled" and trials[0]["epochs_done"] == 2

@@ -7,34 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
+from server.core.datapaths import confine
 from worker.data._registry import register_dataset
 from worker.data.base import DatasetLoader, RawData, RawSplit
 from worker.exceptions import DataFormatError
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 VAL_FOLDERS = ("val", "valid", "validation", "test")
-
-
-def resolve_inside(root: Path, relative: object) -> Path:
-    """``root / relative``, refusing absolute paths and ``..`` that climb out of ``root``.
-
-    The check is lexical: symlinks inside the data directory may point anywhere the operator chose.
-    """
-    if not isinstance(relative, str) or not relative.strip():
-        raise ValueError(
-            f"imagefolder needs option path, a folder relative to the data directory, got {relative!r}"
-        )
-    if Path(relative).is_absolute() or relative.startswith("~"):
-        raise ValueError(
-            f"imagefolder path must be relative to the data directory, got absolute path={relative!r}"
-        )
-    base = os.path.normpath(os.path.abspath(root))
-    target = os.path.normpath(os.path.join(base, relative))
-    if os.path.commonpath([base, target]) != base:
-        raise ValueError(
-            f"imagefolder path must stay inside the data directory {root}, got path={relative!r}"
-        )
-    return Path(target)
 
 
 def scan(folder: Path, classes: list[str] | None = None) -> tuple[list[Path], np.ndarray, list[str]]:
@@ -87,7 +66,10 @@ class ImageFolder(DatasetLoader):
 
     def __init__(self, root: Path, **kwargs: object) -> None:
         super().__init__(root, **kwargs)  # type: ignore[arg-type]
-        self.base = resolve_inside(self.root, self.opts["path"])
+        path = self.opts["path"]
+        if path is None:
+            raise ValueError("imagefolder needs option path, a folder relative to the data directory")
+        self.base = confine(self.root, path, "imagefolder option path")
         self.val_dir = next((self.base / v for v in VAL_FOLDERS if (self.base / v).is_dir()), None)
         self.official_val = (self.base / "train").is_dir() and self.val_dir is not None
 

@@ -16,7 +16,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 if TYPE_CHECKING:
-    from server.spec import TrainSpec
+    from server.core.spec import TrainSpec
 
 # OneCycle's start and end learning rates, as fractions of the peak (torch's OneCycleLR defaults).
 ONECYCLE_DIV = 25.0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import statistics
 import time
 import warnings
 from collections.abc import Callable
@@ -26,9 +25,10 @@ from .optim import build_optimizer, build_scheduler
 from .precision import Precision, resolve_precision
 from .probe import svc_accuracy
 from .results import EpochReport, FitResult
+from .summary import history_summary
 
 if TYPE_CHECKING:
-    from server.spec import ExperimentSpec
+    from server.core.spec import ExperimentSpec
     from worker.data import DatasetSplits
 
 # On a GPU, checking the loss for NaN forces a host sync; do it every few steps there, every step on the CPU.
@@ -177,20 +177,15 @@ class _Run:
 
     def summary(self) -> dict[str, float]:
         p, t, ds = self.progress, self.spec.train, self.spec.dataset
-        final = p.history[-1] if p.history else {}
         flops = stats.forward_flops(self.model, (ds.in_chans, ds.img_size, ds.img_size), self.device)
-        rates = [h["images_per_second"] for h in p.history]
+        nan = float("nan")
         out: dict[str, float] = {
             "params": float(stats.count_params(self.model)),
             "flops_per_image": float(flops),
             "peak_memory_bytes": float(stats.peak_memory_bytes(self.device)),
-            "best_val_acc": p.best_val_acc if p.history else float("nan"),
-            "best_epoch": float(p.best_epoch),
-            "final_train_acc": final.get("train_acc", float("nan")),
-            "final_val_acc": final.get("val_acc", float("nan")),
-            "final_val_loss": final.get("val_loss", float("nan")),
-            "seconds_per_epoch": statistics.fmean(h["epoch_seconds"] for h in p.history) if rates else float("nan"),
-            "images_per_second": statistics.median(rates) if rates else float("nan"),
+            "best_val_acc": nan, "best_epoch": 0.0, "final_train_acc": nan, "final_val_acc": nan,
+            "final_val_loss": nan, "seconds_per_epoch": nan, "images_per_second": nan,
+            **history_summary(p.history),
             "inputs_seen": float(p.inputs_seen),
         }
         mfu = stats.mfu(flops, out["images_per_second"], self.device, self.precision.name)

@@ -6,7 +6,8 @@ from typing import Any
 
 from fastapi import APIRouter, Query
 
-from server.schemas import ModelInfo
+from server.api.deps import CatalogDep
+from server.schemas import CatalogPublic, ModelInfo
 
 router = APIRouter(tags=["catalog"])
 
@@ -21,10 +22,7 @@ def models(
     return describe_models(img_size=img_size, in_chans=in_chans, num_classes=num_classes)
 
 
-@router.get("/datasets")
-def datasets() -> dict[str, list[str]]:
+@router.get("/datasets", response_model=CatalogPublic)
+def datasets(catalog: CatalogDep) -> CatalogPublic:
     """Dataset names and augmentation presets."""
-    from worker.augment import list_augments
-    from worker.data import list_datasets
-
-    return {"datasets": list_datasets(), "augments": list_augments()}
+    return CatalogPublic(datasets=list(catalog.datasets()), augments=list(catalog.augments()))

@@ -8,7 +8,6 @@ from fastapi.responses import PlainTextResponse, Response
 from server import compare
 from server.api.deps import SessionsDep
 from server.api.routes.sweeps import MAX_ID
-from server.exceptions import NotFoundError
 
 router = APIRouter(tags=["compare"])
 
@@ -46,12 +45,10 @@ def compare_sweeps(
 ) -> Any:
     """One row per trial (or per sweep's best trial) across sweeps, filtered and sorted, as JSON, CSV or Markdown."""
     ids = parse_ids(sweeps)
+    rows = compare.rows(sessions, ids, best_only=best)
     try:
-        rows = compare.rows(sessions, ids, best_only=best)
         rows = compare.filter_rows(rows, state=_values(state), model=_values(model), dataset=_values(dataset))
         rows = compare.sort_rows(rows, sort, descending=order == "desc")
-    except NotFoundError as exc:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
     except ValueError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
     if format == "json":

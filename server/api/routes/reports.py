@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter
 from fastapi.responses import HTMLResponse, Response
 
 from server import report
 from server.api.deps import BackendsDep, SettingsDep
 from server.api.routes.sweeps import SweepId
-from server.exceptions import NotFoundError
 
 router = APIRouter(prefix="/sweeps", tags=["reports"])
 
@@ -32,10 +31,7 @@ def sweep_report(
     ``format=html`` (default): one self-contained page, figures inline. ``format=md``: a zip of ``report.md``
     and the PNG figures it refers to.
     """
-    try:
-        built = report.build(backends, settings, sweep_id)
-    except NotFoundError as exc:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+    built = report.build(backends, settings, sweep_id)
     if format == "md":
         return Response(
             report.bundle(built), media_type="application/zip",

@@ -11,12 +11,11 @@ from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from server import store
-from server.api.deps import Authorized, BackendsDep, SessionsDep, SettingsDep
-from server.exceptions import BackendError, ConflictError, NotFoundError
-from server.models import SweepState, Trial, TrialState
+from server.api.deps import Authorized, BackendsDep, CatalogDep, SessionsDep, SettingsDep
+from server.core import sweeps
+from server.core.models import SweepState, Trial, TrialState
+from server.core.spec import Catalog, ExperimentSpec, check_document, validate_plan
 from server.schemas import SweepPage, SweepPublic, TrialPublic, TrialsAdd
-from server.spec import ExperimentSpec, SpecError, check_document, validate_plan
 
 router = APIRouter(prefix="/sweeps", tags=["sweeps"])
 
@@ -41,7 +40,7 @@ SPEC_BODY = {
 }
 
 
-def _public(view: store.SweepView, *, with_spec: bool = False) -> SweepPublic:
+def _public(view: sweeps.SweepView, *, with_spec: bool = False) -> SweepPublic:
     s = view.sweep
     search = s.spec.get("search") or {}
     return SweepPublic(
@@ -61,8 +60,9 @@ def _bad_body(msg: str, typ: str = "body_parse") -> RequestValidationError:
     return RequestValidationError([{"loc": ("body",), "msg": msg, "type": typ}])
 
 
-async def parse_spec_body(request: Request, max_bytes: int) -> ExperimentSpec:
-    """Read a JSON or YAML spec; every failure becomes a 4xx naming the problem (and its field path)."""
+async def parse_spec_body(request: Request, max_bytes: int, catalog: Catalog) -> ExperimentSpec:
+    """Read a JSON or YAML spec; every failure becomes a 4xx naming the problem (and its field path): a
+    ``SpecError`` is turned into a 422 by the app's error handler."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"the spec is larger than {max_bytes} bytes")
@@ -98,10 +98,7 @@ async def parse_spec_body(request: Request, max_bytes: int) -> ExperimentSpec:
         )
     if not isinstance(data, dict):
         raise _bad_body(f"the spec must be a mapping at the top level, got {type(data).__name__}", "model_type")
-    try:
-        check_document(data)
-    except SpecError as exc:
-        raise RequestValidationError([{"loc": ("body", *exc.loc), "msg": exc.msg, "type": "value_error"}]) from None
+    check_document(data)
     try:
         spec = ExperimentSpec.model_validate(data)
     except ValidationError as exc:
@@ -110,10 +107,7 @@ async def parse_spec_body(request: Request, max_bytes: int) -> ExperimentSpec:
             for e in exc.errors(include_url=False, include_context=False)
         ]
         raise RequestValidationError(errors) from None
-    try:
-        validate_plan(spec)
-    except SpecError as exc:
-        raise RequestValidationError([{"loc": ("body", *exc.loc), "msg": exc.msg, "type": "value_error"}]) from None
+    validate_plan(spec, catalog)
     return spec
 
 
@@ -133,14 +127,13 @@ def _small(value: Any) -> bool:
         503: {"description": "Optuna or MLflow unavailable; nothing stored"},
     },
 )
-async def submit_sweep(request: Request, backends: BackendsDep, settings: SettingsDep) -> SweepPublic:
+async def submit_sweep(
+    request: Request, backends: BackendsDep, settings: SettingsDep, catalog: CatalogDep
+) -> SweepPublic:
     """Validate an experiment spec (JSON or YAML), store it, create its Optuna study and queue its trials."""
-    spec = await parse_spec_body(request, settings.max_body_bytes)
-    try:
-        sweep = store.create_sweep(backends, spec)
-    except BackendError as exc:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
-    return _public(store.get_sweep(backends.sessions, sweep.id), with_spec=True)
+    spec = await parse_spec_body(request, settings.max_body_bytes, catalog)
+    sweep = sweeps.create_sweep(backends, spec)
+    return _public(sweeps.get_sweep(backends.sessions, sweep.id), with_spec=True)
 
 
 @router.get("", response_model=SweepPage)
@@ -151,40 +144,20 @@ def list_sweeps(
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> SweepPage:
     """Sweeps, newest first, optionally only those in one state."""
-    views, total = store.list_sweeps(sessions, state=state, limit=limit, offset=offset)
+    views, total = sweeps.list_sweeps(sessions, state=state, limit=limit, offset=offset)
     return SweepPage(items=[_public(v) for v in views], total=total, limit=limit, offset=offset)
-
-
-def _get(sessions: SessionsDep, sweep_id: int) -> store.SweepView:
-    try:
-        return store.get_sweep(sessions, sweep_id)
-    except NotFoundError as exc:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
-
 
 
 @router.get("/{sweep_id}", response_model=SweepPublic, responses={404: {"description": "No such sweep"}})
 def get_sweep(sessions: SessionsDep, sweep_id: SweepId) -> SweepPublic:
     """A sweep's state, trial counts by state, best trial so far, and its spec."""
-    return _public(_get(sessions, sweep_id), with_spec=True)
+    return _public(sweeps.get_sweep(sessions, sweep_id), with_spec=True)
 
 
 @router.get("/{sweep_id}/trials", response_model=list[TrialPublic], responses={404: {"description": "No such sweep"}})
 def list_trials(sessions: SessionsDep, sweep_id: SweepId, state: TrialState | None = None) -> list[Trial]:
     """Every trial of a sweep: params, state, metrics, MLflow run, worker, times."""
-    try:
-        return store.list_trials(sessions, sweep_id, state=state)
-    except NotFoundError as exc:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
-
-
-def _control(fn: Any, *args: Any) -> SweepPublic:
-    try:
-        return _public(fn(*args))
-    except NotFoundError as exc:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
-    except ConflictError as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    return sweeps.list_trials(sessions, sweep_id, state=state)
 
 
 CONTROL_RESPONSES: dict[int | str, dict[str, Any]] = {404: {"description": "No such sweep"}, 409: {"description": "Wrong state"}}
@@ -193,7 +166,7 @@ CONTROL_RESPONSES: dict[int | str, dict[str, Any]] = {404: {"description": "No s
 @router.post("/{sweep_id}/cancel", response_model=SweepPublic, dependencies=[Authorized], responses=CONTROL_RESPONSES)
 def cancel_sweep(backends: BackendsDep, sweep_id: SweepId) -> SweepPublic:
     """Cancel: queued trials are dropped now, running ones stop at their next epoch boundary."""
-    return _control(store.cancel_sweep, backends, sweep_id)
+    return _public(sweeps.cancel_sweep(backends, sweep_id))
 
 
 @router.post(
@@ -202,16 +175,16 @@ def cancel_sweep(backends: BackendsDep, sweep_id: SweepId) -> SweepPublic:
 )
 def add_trials(backends: BackendsDep, sweep_id: SweepId, body: TrialsAdd) -> SweepPublic:
     """Queue more trials of a search; a completed sweep runs again. Grids are fixed (409)."""
-    return _control(store.add_trials, backends, sweep_id, body.n)
+    return _public(sweeps.add_trials(backends, sweep_id, body.n))
 
 
 @router.post("/{sweep_id}/pause", response_model=SweepPublic, dependencies=[Authorized], responses=CONTROL_RESPONSES)
 def pause_sweep(sessions: SessionsDep, sweep_id: SweepId) -> SweepPublic:
     """Pause: no new trials start; running ones finish."""
-    return _control(store.set_paused, sessions, sweep_id, True)
+    return _public(sweeps.set_paused(sessions, sweep_id, True))
 
 
 @router.post("/{sweep_id}/resume", response_model=SweepPublic, dependencies=[Authorized], responses=CONTROL_RESPONSES)
 def resume_sweep(sessions: SessionsDep, sweep_id: SweepId) -> SweepPublic:
     """Resume a paused sweep."""
-    return _control(store.set_paused, sessions, sweep_id, False)
+    return _public(sweeps.set_paused(sessions, sweep_id, False))

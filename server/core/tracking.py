@@ -1,6 +1,6 @@
 """MLflow layout: one parent run per sweep, one nested run per trial, params once, metrics with ``step``.
 
-Everything goes through an explicit ``MlflowClient`` (no global active run), so several trials can log from
+This is the only module that touches MLflow's client. Everything goes through an explicit ``MlflowClient`` (no global active run), so several trials can log from
 one process and nothing leaks between them. Workers send per-epoch metrics from a background thread
 (:meth:`Tracker.start_background`), so training never waits on the tracking store; ending a run or logging
 its summary first waits for those (:meth:`Tracker.flush`).
@@ -27,6 +27,7 @@ TAG_TRIAL = "vitsweep.trial_number"
 TAG_KIND = "vitsweep.kind"
 TAG_STATE = "vitsweep.state"
 TAG_ERROR = "vitsweep.error"
+TAG_RESUMED_FROM = "vitsweep.resumed_from_epoch"
 MAX_PARAM_LEN = 6000
 LOG_ATTEMPTS = 3  # a background metrics batch is tried this often before it is dropped (with a warning)
 log = logging.getLogger(__name__)
@@ -140,6 +141,11 @@ class Tracker:
         self.client.log_text(run_id, yaml.safe_dump(spec, sort_keys=False), "spec.yaml")
         return run_id
 
+    def reopen_sweep(self, run_id: str, state: str) -> None:
+        """A completed sweep got more trials: its run is running again until they end."""
+        self.client.update_run(run_id, status="RUNNING")
+        self.client.set_tag(run_id, TAG_STATE, state)
+
     def finish_sweep(self, run_id: str, state: str, best: Mapping[str, float] | None = None) -> None:
         if best:
             self.client.log_batch(run_id, metrics=[Metric(f"best_{k}", float(v), _now_ms(), 0) for k, v in best.items()])
@@ -228,6 +234,44 @@ class Tracker:
     def resume_trial(self, run_id: str) -> None:
         """Mark a trial's run running again when another worker picks it up after a crash."""
         self.client.update_run(run_id, status="RUNNING")
+
+    def mark_resumed(self, run_id: str, epoch: int) -> None:
+        """Tag the run with the epoch its training resumed from."""
+        self.client.set_tag(run_id, TAG_RESUMED_FROM, str(epoch))
+
+    def download_checkpoint(self, run_id: str, name: str, dest: Path) -> Path | None:
+        """The checkpoint ``checkpoints/<name>`` synced to the run, downloaded into ``dest``; None if the run has
+        none (sync off, or the trial was stopped before its first epoch)."""
+        try:
+            return Path(self.client.download_artifacts(run_id, f"checkpoints/{name}", str(dest)))
+        except Exception:
+            log.info("run %s has no synced checkpoints/%s", run_id, name, exc_info=True)
+            return None
+
+    def metric_history(self, run_id: str, keys: Iterable[str]) -> dict[str, list[tuple[int, float]]]:
+        """Per metric key, the run's (step, value) pairs in step order."""
+        return {k: sorted((m.step, m.value) for m in self.client.get_metric_history(run_id, k)) for k in keys}
+
+
+def unreachable(exc: BaseException) -> bool:
+    """MLflow's client gave up reaching the tracking server (refused, timed out, or 5xx after its own retries).
+
+    MLflow wraps the transport's error (a ``requests`` exception, kept as the cause or context) in a plain
+    ``MlflowException``; a refusal with a reason (a bad parameter, a missing run) is a ``RestException``.
+    """
+    import requests
+    from mlflow.exceptions import MlflowException, RestException
+
+    if not isinstance(exc, MlflowException) or isinstance(exc, RestException):
+        return False
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, requests.exceptions.RequestException):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _sqlite_wal(uri: str) -> None:

@@ -1,17 +1,19 @@
-"""Optuna glue: one study per sweep in the store's own database, ask/tell from the workers.
+"""Optuna: one study per sweep in the store's own database; trials created, sampled, reported and told here.
 
-Grids (a matrix, or the grid sampler) are fixed when the sweep is created; a worker asks Optuna for the
-claimed row's values through ``PartialFixedSampler``, so the row and the Optuna trial can never disagree
-even when many workers ask at once. Searches ask the spec's sampler at claim time, so TPE and friends see
-every result finished so far.
+This is the only module that touches Optuna's storage. Grids (a matrix, or the grid sampler) are fixed when
+the sweep is created; a worker asks Optuna for the claimed row's values through ``PartialFixedSampler``, so the
+row and the Optuna trial can never disagree even when many workers ask at once. Searches sample at claim
+time, so TPE and friends see every result finished so far.
+
+Two ``TrialState`` enums meet here: the store's (:class:`server.core.models.TrialState`, what callers pass)
+and Optuna's (``optuna.trial.TrialState``, always written out in full).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -24,12 +26,21 @@ from optuna.distributions import (
 )
 from optuna.trial import FrozenTrial
 
-from server.core.db import SQLITE_BUSY_MS, is_sqlite
-from server.spec import EPOCH_METRICS, CategoricalParam, ExperimentSpec, FloatParam, IntParam, SearchSpec
+from server.core.db import SQLITE_BUSY_MS, is_sqlite, make_engine
+from server.core.models import TrialState
+from server.core.samplers import make_fixed_sampler, make_pruner, make_sampler
+from server.core.spec import CategoricalParam, ExperimentSpec, FloatParam, IntParam
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 _PRIMITIVES = (type(None), bool, int, float, str)
+TRIAL_ATTR = "vitsweep.trial_number"  # user attribute of an Optuna trial: the sweep trial (row) it belongs to
+_OPTUNA_STATE = {
+    TrialState.completed: optuna.trial.TrialState.COMPLETE,
+    TrialState.pruned: optuna.trial.TrialState.PRUNED,
+    TrialState.failed: optuna.trial.TrialState.FAIL,
+    TrialState.cancelled: optuna.trial.TrialState.FAIL,
+}
 
 
 class CachedStorage(optuna.storages._CachedStorage):
@@ -38,7 +49,8 @@ class CachedStorage(optuna.storages._CachedStorage):
     ``optuna.load_study`` wraps a bare ``RDBStorage`` in a fresh cache on every call, so each ask read every
     trial of the study back from the database: 0.7 s per ask at 2,000 trials, growing with each one. A cache
     that lives as long as the process reads a finished trial once (finished trials never change) and re-reads
-    only new and running ones, which is safe with any number of processes writing the same study.
+    only new and running ones, which is safe with any number of processes writing the same study. (The one
+    use of Optuna's private names in vitsweep: the cache class has no public alias.)
     """
 
     @property
@@ -51,8 +63,6 @@ def make_storage(url: str) -> CachedStorage:
     if is_sqlite(url):
         engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": SQLITE_BUSY_MS / 1000}}
     else:
-        from server.core.db import make_engine
-
         url = make_engine(url).url.render_as_string(hide_password=False)  # normalise to psycopg 3
         engine_kwargs = {"pool_pre_ping": True}
     return CachedStorage(optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs))
@@ -79,6 +89,16 @@ def delete_study(storage: optuna.storages.BaseStorage, name: str) -> None:
         optuna.delete_study(study_name=name, storage=storage)
     except KeyError:
         pass
+
+
+def study_id(storage: optuna.storages.BaseStorage, name: str) -> int:
+    """The study's id in the storage (optuna-dashboard's URLs use it)."""
+    return storage.get_study_id_from_name(name)
+
+
+def load_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
+    """A study as stored, for reading (reports, importances)."""
+    return optuna.load_study(study_name=name, storage=storage)
 
 
 def encode_choice(value: Any) -> Any:
@@ -117,61 +137,20 @@ def _choices(spec: ExperimentSpec) -> dict[str, list[Any]]:
     return {p: list(d.choices) for p, d in spec.search.space.items() if isinstance(d, CategoricalParam)}
 
 
-def make_sampler(search: SearchSpec | None, trial_number: int, fixed: dict[str, Any] | None) -> optuna.samplers.BaseSampler:
-    """The spec's sampler; each trial seeds it apart so concurrent workers don't suggest the same point."""
-    if fixed is not None:
-        with warnings.catch_warnings():  # experimental since Optuna 2.4, still the documented way to pin values
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.PartialFixedSampler(fixed, optuna.samplers.RandomSampler(seed=trial_number))
-    assert search is not None
-    options = dict(search.sampler_options)
-    if "seed" in options and options["seed"] is not None:
-        options["seed"] = int(options["seed"]) + trial_number
-    factories: dict[str, Any] = {
-        "tpe": optuna.samplers.TPESampler,
-        "random": optuna.samplers.RandomSampler,
-        "cmaes": optuna.samplers.CmaEsSampler,
-        "gp": getattr(optuna.samplers, "GPSampler", None),
-        "nsga2": optuna.samplers.NSGAIISampler,
-    }
-    factory = factories[search.sampler]
-    if factory is None:
-        raise ValueError(f"sampler {search.sampler!r} needs a newer Optuna")
-    return factory(**options)
-
-
-def make_pruner(search: SearchSpec | None) -> optuna.pruners.BasePruner:
-    if search is None or search.pruner == "none":
-        return optuna.pruners.NopPruner()
-    options = dict(search.pruner_options)
-    factories: dict[str, Any] = {
-        "median": optuna.pruners.MedianPruner,
-        "percentile": optuna.pruners.PercentilePruner,
-        "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
-        "hyperband": optuna.pruners.HyperbandPruner,
-    }
-    if search.pruner == "percentile":
-        options.setdefault("percentile", 25.0)
-    return factories[search.pruner](**options)
-
-
-def load_study(
-    storage: optuna.storages.BaseStorage,
-    name: str,
-    spec: ExperimentSpec,
-    *,
-    trial_number: int = 0,
+def _study_for_trial(
+    storage: optuna.storages.BaseStorage, name: str, spec: ExperimentSpec, *, trial_number: int,
     fixed: dict[str, Any] | None = None,
 ) -> optuna.Study:
-    return optuna.load_study(
-        study_name=name,
-        storage=storage,
-        sampler=make_sampler(spec.search, trial_number, fixed),
-        pruner=make_pruner(spec.search),
-    )
-
-
-TRIAL_ATTR = "vitsweep.trial_number"  # user attribute of an Optuna trial: the sweep trial (row) it belongs to
+    """The study with the sampler and pruner one trial samples and prunes with; each trial seeds the sampler
+    apart so concurrent workers don't suggest the same point."""
+    search = spec.search
+    if fixed is not None:
+        sampler = make_fixed_sampler(fixed, seed=trial_number)
+    else:
+        assert search is not None
+        sampler = make_sampler(search.sampler, search.sampler_options, seed_offset=trial_number)
+    pruner = make_pruner(search.pruner, search.pruner_options) if search is not None else make_pruner("none", {})
+    return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
 
 
 def create_trial(storage: optuna.storages.BaseStorage, name: str, number: int) -> tuple[int, int]:
@@ -184,24 +163,25 @@ def create_trial(storage: optuna.storages.BaseStorage, name: str, number: int) -
     whose answer was lost can have gone through: any duplicate that leaves is failed here, so the study holds
     exactly one live trial per sweep trial. Safe to call again after any error.
     """
-    study_id = storage.get_study_id_from_name(name)
-    mine = _running_trials_of(storage, study_id, number)
+    sid = storage.get_study_id_from_name(name)
+    mine = _running_trials_of(storage, sid, number)
     if not mine:
         template = optuna.trial.FrozenTrial(
             number=-1, state=optuna.trial.TrialState.RUNNING, value=None, datetime_start=datetime.now(),
             datetime_complete=None, params={}, distributions={}, user_attrs={TRIAL_ATTR: number}, system_attrs={},
             intermediate_values={}, trial_id=-1,
         )
-        storage.create_new_trial(study_id, template_trial=template)
-        mine = _running_trials_of(storage, study_id, number)
-    keep, *duplicates = sorted(mine, key=lambda t: t._trial_id)
+        storage.create_new_trial(sid, template_trial=template)
+        mine = _running_trials_of(storage, sid, number)
+    keep, *duplicates = sorted(mine, key=lambda t: t.number)  # numbers grow with creation, as ids do
     for extra in duplicates:
-        storage.set_trial_state_values(extra._trial_id, optuna.trial.TrialState.FAIL)
-    return keep._trial_id, keep.number
+        storage.set_trial_state_values(storage.get_trial_id_from_study_id_trial_number(sid, extra.number),
+                                       optuna.trial.TrialState.FAIL)
+    return storage.get_trial_id_from_study_id_trial_number(sid, keep.number), keep.number
 
 
-def _running_trials_of(storage: optuna.storages.BaseStorage, study_id: int, number: int) -> list[FrozenTrial]:
-    running = storage.get_all_trials(study_id, deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+def _running_trials_of(storage: optuna.storages.BaseStorage, sid: int, number: int) -> list[FrozenTrial]:
+    running = storage.get_all_trials(sid, deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
     return [t for t in running if t.user_attrs.get(TRIAL_ATTR) == number]
 
 
@@ -209,7 +189,7 @@ def suggest_params(
     storage: optuna.storages.BaseStorage,
     name: str,
     spec: ExperimentSpec,
-    trial_id: int,
+    optuna_trial_id: int,
     *,
     trial_number: int,
     fixed: dict[str, Any] | None,
@@ -221,11 +201,11 @@ def suggest_params(
     """
     dists = distributions(spec)
     encoded_fixed = {p: encode_choice(v) for p, v in fixed.items()} if fixed is not None else None
-    study = load_study(storage, name, spec, trial_number=trial_number, fixed=encoded_fixed)
-    trial = optuna.Trial(study, trial_id)
+    study = _study_for_trial(storage, name, spec, trial_number=trial_number, fixed=encoded_fixed)
+    trial = optuna.Trial(study, optuna_trial_id)
     if fixed is not None:
         for path, dist in dists.items():
-            suggest(trial, path, dist)
+            _suggest(trial, path, dist)
         return trial, dict(fixed)  # exact values as written in the spec (e.g. 4 stays an int)
     choices = _choices(spec)
     params: dict[str, Any] = {}
@@ -235,11 +215,11 @@ def suggest_params(
         keys = path.split(".")
         if keys[:2] == ["model", "arch_by_model"] and params.get("model.name", spec.model.name) != keys[2]:
             continue
-        params[path] = decode_value(dists[path], suggest(trial, path, dists[path]), choices.get(path))
+        params[path] = decode_value(dists[path], _suggest(trial, path, dists[path]), choices.get(path))
     return trial, {p: params[p] for p in dists if p in params}
 
 
-def suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:
+def _suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:
     """``trial.suggest_*`` for one of our distributions."""
     if isinstance(dist, FloatDistribution):
         return trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
@@ -249,52 +229,49 @@ def suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:
     return trial.suggest_categorical(name, dist.choices)
 
 
-def reattach(storage: optuna.storages.BaseStorage, name: str, spec: ExperimentSpec, trial_id: int, number: int) -> optuna.Trial:
+def reattach(
+    storage: optuna.storages.BaseStorage, name: str, spec: ExperimentSpec, optuna_trial_id: int, number: int
+) -> optuna.Trial:
     """The running Optuna trial of a row being resumed after its worker died."""
-    study = load_study(storage, name, spec, trial_number=number)
-    return optuna.Trial(study, trial_id)
+    return optuna.Trial(_study_for_trial(storage, name, spec, trial_number=number), optuna_trial_id)
 
 
 def tell(
     storage: optuna.storages.BaseStorage,
-    trial_id: int,
-    state: optuna.trial.TrialState,
-    value: float | Sequence[float] | None = None,
+    optuna_trial_id: int,
+    state: TrialState,
+    values: float | Sequence[float] | None = None,
 ) -> None:
-    """Finish an Optuna trial by id (idempotent: a trial already finished is left as it is).
-
-    ``value`` is the objective, or every objective's value in order for a multi-objective study.
-    """
-    frozen = storage.get_trial(trial_id)
+    """Finish an Optuna trial by id as the store's ``state`` says (idempotent: a trial already finished is left
+    as it is). ``values`` is the objective, or every objective's value in order for a multi-objective study;
+    a completed trial without one is failed (Optuna's COMPLETE needs its values)."""
+    frozen = storage.get_trial(optuna_trial_id)
     if frozen.state.is_finished():
         return
-    values: list[float] | None = None
-    if state == optuna.trial.TrialState.COMPLETE and value is not None:
-        values = [float(value)] if isinstance(value, (int, float)) else [float(v) for v in value]
-    if state == optuna.trial.TrialState.COMPLETE and values is None:
-        state = optuna.trial.TrialState.FAIL
-    storage.set_trial_state_values(trial_id, state, values)
+    optuna_state = _OPTUNA_STATE[state]
+    told: list[float] | None = None
+    if optuna_state == optuna.trial.TrialState.COMPLETE and values is not None:
+        told = [float(values)] if isinstance(values, (int, float)) else [float(v) for v in values]
+    if optuna_state == optuna.trial.TrialState.COMPLETE and told is None:
+        optuna_state = optuna.trial.TrialState.FAIL
+    storage.set_trial_state_values(optuna_trial_id, optuna_state, told)
 
 
-def objective_values(
-    spec: ExperimentSpec, history: Sequence[Mapping[str, float]], figures: Mapping[str, Any]
-) -> list[float] | None:
-    """Every objective of a multi-objective trial that ended, or None for a single objective (or a value missing).
-
-    Per-epoch metrics count at their best epoch (like the single objective); end-of-trial figures (params,
-    seconds_per_epoch, ...) as the trial's final ``figures``.
-    """
-    if not spec.multi_objective:
-        return None
-    out: list[float] = []
-    for name, direction in zip(spec.objectives, spec.directions, strict=True):
-        if name in EPOCH_METRICS:
-            seen = [float(h[name]) for h in history if h.get(name) is not None and math.isfinite(h[name])]
-            value = (max if direction == "maximize" else min)(seen) if seen else None
-        else:
-            raw = figures.get(name)
-            value = float(raw) if isinstance(raw, (int, float)) and math.isfinite(raw) else None
-        if value is None:
-            return None
-        out.append(value)
-    return out
+def importances(
+    storage: optuna.storages.BaseStorage, name: str, *, multi_objective: bool
+) -> tuple[dict[str, float] | None, str | None]:
+    """Optuna's (fANOVA) parameter importances for the first objective, or None with the reason why not."""
+    study = load_study(storage, name)
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if len(done) < 2:
+        return None, f"Parameter importances need at least 2 completed trials; this sweep has {len(done)}."
+    target = (lambda t: t.values[0]) if multi_objective else None
+    try:
+        found = optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), target=target
+        )
+    except (ValueError, RuntimeError) as exc:  # e.g. no parameter varies across the completed trials
+        return None, f"Parameter importances could not be computed: {exc}"
+    if not found:
+        return None, "Parameter importances: no parameter was searched in every completed trial."
+    return dict(found), None

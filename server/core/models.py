@@ -64,8 +64,15 @@ class TrialState(str, enum.Enum):
         return self not in (TrialState.queued, TrialState.running)
 
 
-FINISHED_TRIAL_STATES = [s for s in TrialState if s.finished]
 FINISHED_SWEEP_STATES = [SweepState.completed, SweepState.cancelled, SweepState.failed]
+
+
+class StopReason(str, enum.Enum):
+    """Why a running trial must stop before its budget is spent (heard from the store or the process)."""
+
+    lease_lost = "lease lost"  # another worker owns the trial now: write nothing more
+    cancelled = "sweep cancelled"  # the trial ends cancelled
+    shutdown = "worker shutting down"  # the trial goes back to the queue and resumes from its checkpoint
 
 
 def _enum(cls: type[enum.Enum], name: str) -> Enum:

@@ -1,36 +1,30 @@
-"""Sweep-level operations on the SQL store: create (with its Optuna study and MLflow run), read, control.
+"""Sweeps and the ends of trials: create (with the Optuna study and MLflow run), read, control, close.
 
-Plain functions taking a session factory and the backends; the API layer and the CLI both call these.
+Plain functions taking a session factory or the backends; the API and the worker both call these. Whatever
+ends a trial (its worker, the lease reaper, a deadline, a cancel) closes it in Optuna and MLflow through
+:func:`close_trial`, and whatever ends a sweep closes its MLflow run through :func:`close_sweep_run`.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-import optuna
 from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from server import studies
+from server.core import queue, studies
+from server.core.backends import Backends
 from server.core.db import write_session
-from server.exceptions import BackendError, ConflictError, NotFoundError
-from server.models import FINISHED_SWEEP_STATES, Sweep, SweepState, Trial, TrialState, utcnow
-from server.spec import MAX_TRIALS, ExperimentSpec, slug
-from server.tracking import TAG_STATE, Tracker
+from server.core.exceptions import BackendError, ConflictError, NotFoundError
+from server.core.models import FINISHED_SWEEP_STATES, StopReason, Sweep, SweepState, Trial, TrialState, utcnow
+from server.core.objectives import Direction, pareto_front, sql_order
+from server.core.spec import MAX_TRIALS, ExperimentSpec, slug
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Backends:
-    """What a process needs to create and run sweeps; created once per process and passed around."""
-
-    sessions: sessionmaker[Session]
-    storage: optuna.storages.BaseStorage
-    tracker: Tracker
 
 
 def create_sweep(backends: Backends, spec: ExperimentSpec) -> Sweep:
@@ -114,20 +108,53 @@ def add_trials(backends: Backends, sweep_id: int, n: int) -> SweepView:
         run_id = sweep.mlflow_run_id
     if reopened and run_id:
         try:
-            backends.tracker.client.update_run(run_id, status="RUNNING")
-            backends.tracker.client.set_tag(run_id, TAG_STATE, SweepState.running.value)
+            backends.tracker.reopen_sweep(run_id, SweepState.running.value)
         except Exception:  # MLflow being down must not undo the addition; the run is closed again at the end
             log.exception("could not reopen the MLflow run of sweep %s", sweep_id)
     return get_sweep(backends.sessions, sweep_id)
 
 
 def close_sweep_run(backends: Backends, sweep_id: int) -> None:
-    """Finish the MLflow parent run of a sweep that has just ended, with its best value."""
+    """Finish the MLflow parent run of a sweep that has just ended, with its state and best value."""
     view = get_sweep(backends.sessions, sweep_id)
     if not view.sweep.mlflow_run_id:
         return
     best = {view.sweep.metric: view.best.value} if view.best is not None and view.best.value is not None else {}
     backends.tracker.finish_sweep(view.sweep.mlflow_run_id, view.sweep.state.value, best)
+
+
+def close_trial(
+    backends: Backends, *, optuna_trial_id: int | None, run_id: str | None, state: TrialState,
+    error: str | None = None, values: float | Sequence[float] | None = None,
+) -> None:
+    """Close an ended trial in Optuna (told its state, and its values when completed) and in MLflow (its run
+    ended with the state and error). Safe to repeat: a trial already finished in Optuna is left as it is."""
+    assert state.finished, state
+    if optuna_trial_id is not None:
+        studies.tell(backends.storage, optuna_trial_id, state, values)
+    if run_id:
+        backends.tracker.finish_trial(run_id, state.value, error)
+
+
+def reap_expired(backends: Backends, max_attempts: int) -> list[queue.Ended]:
+    """Requeue trials of dead workers; fail (and close) the ones out of attempts."""
+    reaped = queue.reap_expired(backends.sessions, max_attempts)
+    for ended in reaped:
+        close_trial(backends, optuna_trial_id=ended.optuna_trial_id, run_id=ended.mlflow_run_id, state=ended.state,
+                    error=ended.error)
+    return reaped
+
+
+def expire_deadlines(backends: Backends) -> queue.Deadlines:
+    """Sweeps past their timeout: cancel their queued trials, close those that had started, and close the MLflow
+    runs of the sweeps that ended."""
+    done = queue.expire_deadlines(backends.sessions)
+    for ended in done.cancelled:  # trials handed back after they had started (shutdown, lost lease)
+        close_trial(backends, optuna_trial_id=ended.optuna_trial_id, run_id=ended.mlflow_run_id, state=ended.state,
+                    error=ended.error)
+    for sweep_id in done.ended_sweeps:
+        close_sweep_run(backends, sweep_id)
+    return done
 
 
 @dataclass
@@ -179,11 +206,11 @@ def _counts(session: Session, sweep_ids: list[int]) -> dict[int, dict[str, int]]
 
 
 def _best(session: Session, sweep: Sweep) -> Trial | None:
-    order = Trial.value.desc() if sweep.direction == "maximize" else Trial.value.asc()
+    direction: Direction = "maximize" if sweep.direction == "maximize" else "minimize"
     return session.scalar(
         select(Trial)
         .where(Trial.sweep_id == sweep.id, Trial.value.is_not(None), Trial.state == TrialState.completed)
-        .order_by(order, Trial.number)
+        .order_by(sql_order(Trial.value, direction), Trial.number)
         .limit(1)
     )
 
@@ -197,17 +224,13 @@ def _pareto(session: Session, sweep: Sweep) -> list[Trial] | None:
     done = session.scalars(
         select(Trial).where(Trial.sweep_id == sweep.id, Trial.state == TrialState.completed).order_by(Trial.number)
     ).all()
-    signs = [1.0 if d == "maximize" else -1.0 for d in directions]
-    points: list[tuple[Trial, list[float]]] = []
+    points: dict[int, list[float]] = {}
+    by_number = {t.number: t for t in done}
     for t in done:
         told = (t.metrics or {}).get("objectives") or {}
         if all(isinstance(told.get(n), (int, float)) for n in names):
-            points.append((t, [s * float(told[n]) for s, n in zip(signs, names, strict=True)]))
-
-    def beats(a: list[float], b: list[float]) -> bool:
-        return all(x >= y for x, y in zip(a, b, strict=True)) and a != b
-
-    return [t for t, p in points if not any(beats(q, p) for _, q in points)]
+            points[t.number] = [float(told[n]) for n in names]
+    return [by_number[n] for n in pareto_front(points, directions)]
 
 
 def list_trials(sessions: sessionmaker[Session], sweep_id: int, *, state: TrialState | None = None) -> list[Trial]:
@@ -232,7 +255,7 @@ def cancel_sweep(backends: Backends, sweep_id: int) -> SweepView:
         cancelled = session.execute(
             update(Trial)
             .where(Trial.sweep_id == sweep_id, Trial.state == TrialState.queued)
-            .values(state=TrialState.cancelled, finished_at=now, error="sweep cancelled")
+            .values(state=TrialState.cancelled, finished_at=now, error=StopReason.cancelled.value)
             .returning(Trial.optuna_trial_id, Trial.mlflow_run_id)
         ).all()
         sweep.state = SweepState.cancelled
@@ -240,10 +263,8 @@ def cancel_sweep(backends: Backends, sweep_id: int) -> SweepView:
         run_id = sweep.mlflow_run_id
     try:  # queued trials handed back after they had started have an Optuna trial (and MLflow run) to close
         for optuna_trial_id, trial_run_id in cancelled:
-            if optuna_trial_id is not None:
-                studies.tell(backends.storage, optuna_trial_id, optuna.trial.TrialState.FAIL)
-            if trial_run_id:
-                backends.tracker.finish_trial(trial_run_id, TrialState.cancelled.value, "sweep cancelled")
+            close_trial(backends, optuna_trial_id=optuna_trial_id, run_id=trial_run_id, state=TrialState.cancelled,
+                        error=StopReason.cancelled.value)
         if run_id:
             backends.tracker.finish_sweep(run_id, "cancelled")
     except Exception:  # Optuna's or MLflow's store being down must not undo a cancel

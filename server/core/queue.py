@@ -16,14 +16,15 @@ from sqlalchemy import CursorResult, Result, and_, func, or_, select, update
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from server.core.db import write_session
-from server.models import Sweep, SweepState, Trial, TrialState, utcnow
+from server.core.models import StopReason, Sweep, SweepState, Trial, TrialState, utcnow
 
 
 @dataclass(frozen=True)
 class Claim:
-    """A trial handed to one worker."""
+    """A trial handed to one worker. ``row_id`` is the store's row (``sweep_trials.id``); Optuna's own trial id
+    is ``optuna_trial_id``."""
 
-    trial_id: int
+    row_id: int
     sweep_id: int
     number: int
     attempts: int
@@ -45,18 +46,22 @@ class Claim:
 
 
 @dataclass(frozen=True)
-class Expired:
-    """A trial whose worker stopped heartbeating and which has no attempts left: failed by the reaper."""
+class Ended:
+    """A trial the queue ended on its own (lease lost for good, sweep deadline): what must be closed with it in
+    Optuna and MLflow (see ``sweeps.close_trial``)."""
 
-    trial_id: int
+    row_id: int
     optuna_trial_id: int | None
     mlflow_run_id: str | None
+    state: TrialState
+    error: str
 
 
-def reap_expired(sessions: sessionmaker[Session], max_attempts: int) -> list[Expired]:
+def reap_expired(sessions: sessionmaker[Session], max_attempts: int) -> list[Ended]:
     """Requeue running trials whose lease ran out; fail those that used up their attempts."""
     now = utcnow()
     expired = and_(Trial.state == TrialState.running, Trial.lease_expires_at < now)
+    error = f"worker lost {max_attempts} times (lease expired); giving up"
     with write_session(sessions) as session:
         session.execute(
             update(Trial)
@@ -70,13 +75,13 @@ def reap_expired(sessions: sessionmaker[Session], max_attempts: int) -> list[Exp
                 state=TrialState.failed,
                 lease_expires_at=None,
                 finished_at=now,
-                error=f"worker lost {max_attempts} times (lease expired); giving up",
+                error=error,
             )
             .returning(Trial.id, Trial.optuna_trial_id, Trial.mlflow_run_id, Trial.sweep_id)
         ).all()
         for row in failed:
             _maybe_finish_sweep(session, row.sweep_id)
-    return [Expired(r.id, r.optuna_trial_id, r.mlflow_run_id) for r in failed]
+    return [Ended(r.id, r.optuna_trial_id, r.mlflow_run_id, TrialState.failed, error) for r in failed]
 
 
 @dataclass(frozen=True)
@@ -84,7 +89,7 @@ class Deadlines:
     """What ``expire_deadlines`` did: trials it cancelled that had started once (their Optuna trial and MLflow
     run need closing too), and sweeps it ended (their MLflow parent run needs closing)."""
 
-    cancelled: list[Expired]
+    cancelled: list[Ended]
     ended_sweeps: list[int]
 
 
@@ -92,6 +97,7 @@ def expire_deadlines(sessions: sessionmaker[Session]) -> Deadlines:
     """Cancel the queued trials of running or paused sweeps past their deadline (``search.timeout``); end such
     sweeps once nothing of theirs runs. Running trials finish, and the last one to finish ends its sweep."""
     now = utcnow()
+    error = "the sweep's timeout passed before this trial ran"
     due = select(Sweep.id).where(Sweep.deadline < now, Sweep.state.in_([SweepState.running, SweepState.paused]))
     with sessions() as session:  # a plain read first: nearly always nothing is due, and then nothing is written
         if not session.scalars(due.limit(1)).first():
@@ -102,11 +108,12 @@ def expire_deadlines(sessions: sessionmaker[Session]) -> Deadlines:
             update(Trial)
             .where(Trial.sweep_id.in_(sweep_ids), Trial.state == TrialState.queued)
             .values(state=TrialState.cancelled, finished_at=now, lease_expires_at=None, worker_id=None,
-                    error="the sweep's timeout passed before this trial ran")
+                    error=error)
             .returning(Trial.id, Trial.optuna_trial_id, Trial.mlflow_run_id)
         ).all()
         ended = [i for i in sweep_ids if _maybe_finish_sweep(session, i) is SweepState.completed]
-    started = [Expired(r.id, r.optuna_trial_id, r.mlflow_run_id) for r in cancelled if r.optuna_trial_id is not None]
+    started = [Ended(r.id, r.optuna_trial_id, r.mlflow_run_id, TrialState.cancelled, error)
+               for r in cancelled if r.optuna_trial_id is not None]
     return Deadlines(started, ended)
 
 
@@ -171,7 +178,7 @@ def claim(sessions: sessionmaker[Session], worker_id: str, device: str, lease_se
         trial = session.get_one(Trial, row, populate_existing=True)
         sweep = trial.sweep
         return Claim(
-            trial_id=trial.id,
+            row_id=trial.id,
             sweep_id=sweep.id,
             number=trial.number,
             attempts=trial.attempts,
@@ -193,46 +200,47 @@ def _rowcount(result: Result[Any]) -> int:
     return cast(CursorResult[Any], result).rowcount
 
 
-def _owned(trial_id: int, worker_id: str) -> Any:
-    return and_(Trial.id == trial_id, Trial.worker_id == worker_id, Trial.state == TrialState.running)
+def _update_owned(session: Session, row_id: int, owner: str, values: dict[str, Any]) -> bool:
+    """Update a trial's row only while ``owner`` holds it running; False if the lease was lost meanwhile.
+
+    Every write a worker makes to its trial goes through here: a worker that lost its trial writes nothing.
+    """
+    owned = and_(Trial.id == row_id, Trial.worker_id == owner, Trial.state == TrialState.running)
+    return _rowcount(session.execute(update(Trial).where(owned).values(**values))) == 1
+
+
+def _owned_write(sessions: sessionmaker[Session], row_id: int, owner: str, values: dict[str, Any]) -> bool:
+    """:func:`_update_owned` in a transaction of its own."""
+    with write_session(sessions) as session:
+        return _update_owned(session, row_id, owner, values)
 
 
 def bind(
-    sessions: sessionmaker[Session], trial_id: int, worker_id: str, *, optuna_trial_id: int, optuna_trial_number: int,
+    sessions: sessionmaker[Session], row_id: int, worker_id: str, *, optuna_trial_id: int, optuna_trial_number: int,
 ) -> bool:
     """Record a claimed trial's Optuna trial as soon as it exists, so a retry or a re-claim reuses it."""
-    with write_session(sessions) as session:
-        result = session.execute(
-            update(Trial)
-            .where(_owned(trial_id, worker_id))
-            .values(optuna_trial_id=optuna_trial_id, optuna_trial_number=optuna_trial_number)
-        )
-        return _rowcount(result) == 1
+    return _owned_write(sessions, row_id, worker_id,
+                        {"optuna_trial_id": optuna_trial_id, "optuna_trial_number": optuna_trial_number})
 
 
-def attach(
-    sessions: sessionmaker[Session], trial_id: int, worker_id: str, *, params: dict[str, Any], mlflow_run_id: str,
-) -> bool:
+def attach(sessions: sessionmaker[Session], row_id: int, worker_id: str, *, params: dict[str, Any], mlflow_run_id: str) -> bool:
     """Record a claimed trial's parameters and MLflow run: from here on a re-claim resumes it."""
-    with write_session(sessions) as session:
-        result = session.execute(
-            update(Trial).where(_owned(trial_id, worker_id)).values(params=params, mlflow_run_id=mlflow_run_id)
-        )
-        return _rowcount(result) == 1
+    return _owned_write(sessions, row_id, worker_id, {"params": params, "mlflow_run_id": mlflow_run_id})
 
 
 @dataclass(frozen=True)
 class Beat:
-    """What a heartbeat learns: whether the lease is still ours, and whether the sweep wants the trial to stop."""
+    """What a heartbeat learns: whether the lease is still ours, and whether the trial must stop."""
 
     owned: bool
-    stop_reason: str | None = None
+    stop_reason: StopReason | None = None
 
 
 def heartbeat(
-    sessions: sessionmaker[Session], trial_id: int, worker_id: str, lease_seconds: float, *,
+    sessions: sessionmaker[Session], row_id: int, worker_id: str, lease_seconds: float, *,
     epochs_done: int | None = None, value: float | None = None,
 ) -> Beat:
+    """Renew the lease (and record progress); says whether the trial is still ours and its sweep still wants it."""
     now = utcnow()
     values: dict[str, Any] = {"heartbeat_at": now, "lease_expires_at": now + timedelta(seconds=lease_seconds)}
     if epochs_done is not None:
@@ -240,24 +248,22 @@ def heartbeat(
     if value is not None:
         values["value"] = value
     with write_session(sessions) as session:
-        result = session.execute(update(Trial).where(_owned(trial_id, worker_id)).values(**values))
-        if _rowcount(result) != 1:
-            return Beat(owned=False, stop_reason="lease lost")
-        state = session.scalar(select(Sweep.state).join(Trial, Trial.sweep_id == Sweep.id).where(Trial.id == trial_id))
+        if not _update_owned(session, row_id, worker_id, values):
+            return Beat(owned=False, stop_reason=StopReason.lease_lost)
+        state = session.scalar(select(Sweep.state).join(Trial, Trial.sweep_id == Sweep.id).where(Trial.id == row_id))
         if state == SweepState.cancelled:
-            return Beat(owned=True, stop_reason="sweep cancelled")
+            return Beat(owned=True, stop_reason=StopReason.cancelled)
         return Beat(owned=True)
 
 
 def finish(
-    sessions: sessionmaker[Session], trial_id: int, worker_id: str, state: TrialState, *,
+    sessions: sessionmaker[Session], row_id: int, worker_id: str, state: TrialState, *,
     value: float | None = None, metrics: dict[str, Any] | None = None, error: str | None = None,
     epochs_done: int | None = None,
 ) -> tuple[bool, SweepState | None]:
     """Write a trial's outcome; returns (written, new sweep state if this finished the sweep)."""
     assert state.finished, state
-    now = utcnow()
-    values: dict[str, Any] = {"state": state, "finished_at": now, "lease_expires_at": None, "error": error}
+    values: dict[str, Any] = {"state": state, "finished_at": utcnow(), "lease_expires_at": None, "error": error}
     if value is not None:
         values["value"] = value
     if metrics is not None:
@@ -265,24 +271,19 @@ def finish(
     if epochs_done is not None:
         values["epochs_done"] = epochs_done
     with write_session(sessions) as session:
-        result = session.execute(update(Trial).where(_owned(trial_id, worker_id)).values(**values))
-        if _rowcount(result) != 1:
+        if not _update_owned(session, row_id, worker_id, values):
             return False, None
-        sweep_id = session.scalar(select(Trial.sweep_id).where(Trial.id == trial_id))
+        sweep_id = session.scalar(select(Trial.sweep_id).where(Trial.id == row_id))
         assert sweep_id is not None
         return True, _maybe_finish_sweep(session, sweep_id)
 
 
-def release(sessions: sessionmaker[Session], trial_id: int, worker_id: str, *, epochs_done: int, reason: str) -> bool:
+def release(sessions: sessionmaker[Session], row_id: int, worker_id: str, *, epochs_done: int, reason: str) -> bool:
     """Give a running trial back to the queue (graceful shutdown); it will resume from its checkpoint."""
-    with write_session(sessions) as session:
-        result = session.execute(
-            update(Trial)
-            .where(_owned(trial_id, worker_id))
-            .values(state=TrialState.queued, worker_id=None, lease_expires_at=None, epochs_done=epochs_done,
-                    attempts=Trial.attempts - 1, error=reason)
-        )
-        return _rowcount(result) == 1
+    return _owned_write(sessions, row_id, worker_id, {
+        "state": TrialState.queued, "worker_id": None, "lease_expires_at": None, "epochs_done": epochs_done,
+        "attempts": Trial.attempts - 1, "error": reason,
+    })
 
 
 def _maybe_finish_sweep(session: Session, sweep_id: int) -> SweepState | None:

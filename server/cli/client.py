@@ -1,0 +1,56 @@
+"""The CLI's client of the REST API: every client command goes through here, like any other client."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import typer
+
+from server.cli.app import err
+from server.core.config import Settings
+
+
+class ApiClient:
+    """Calls the vitsweep API at ``settings.base_url`` with the bearer token if one is set; connection failures
+    and 4xx/5xx answers become a clear message on stderr and exit code 1."""
+
+    def __init__(self, settings: Settings, timeout: float = 30) -> None:
+        self.base_url = settings.base_url
+        headers = {}
+        if settings.api_token is not None:
+            headers["Authorization"] = f"Bearer {settings.api_token.get_secret_value()}"
+        self._headers = headers
+        self._timeout = timeout
+
+    def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            with httpx.Client(base_url=self.base_url, headers=self._headers, timeout=self._timeout) as client:
+                response = client.request(method, path, **kwargs)
+        except httpx.ConnectError:
+            err.print(f"[red]cannot reach the vitsweep API at {self.base_url}[/]; start it with `vitsweep up` "
+                      "or set VITSWEEP_API_URL")
+            raise typer.Exit(1) from None
+        if response.status_code >= 400:
+            err.print(f"[red]{response.status_code}[/] {error_text(response)}")
+            raise typer.Exit(1)
+        return response
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        """GET ``path`` and return its JSON."""
+        return self.call("GET", path, **kwargs).json()
+
+    def post(self, path: str, **kwargs: Any) -> Any:
+        """POST to ``path`` and return its JSON."""
+        return self.call("POST", path, **kwargs).json()
+
+
+def error_text(response: httpx.Response) -> str:
+    """The ``detail`` of an error answer: validation errors one per line with the path of the bad field."""
+    try:
+        detail = response.json().get("detail")
+    except ValueError:
+        return response.text
+    if isinstance(detail, list):
+        return "\n".join(f"  {'.'.join(str(p) for p in d.get('loc', []))}: {d.get('msg')}" for d in detail)
+    return str(detail)

@@ -1,0 +1,178 @@
+"""Commands that run vitsweep's processes: the API (``server``), worker slots (``worker``), the embedded stack
+(``up``) and the main job on the embedded default (``demo``)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from server.cli.app import app, console, err, settings
+from server.cli.client import ApiClient
+from server.cli.sweeps import print_compare, read_spec, submit_text, watch
+from server.core.config import Settings
+
+DEMO_SPEC = """\
+# The embedded default: a small ViT on scikit-learn's bundled digits (real data, no download), searched by TPE.
+name: demo-vit-digits
+description: Learning rate and depth of a small ViT on 8x8 digits upscaled to 16x16.
+dataset: {name: digits, img_size: 16, augment: none}
+model:
+  name: vit
+  arch: {patch_size: 4, num_layers: 3, num_heads: 4, hidden_dim: 64, mlp_dim: 128, dropout: 0.0}
+train: {epochs: 15, batch_size: 64, optimizer: adamw, lr: 2.0e-3, weight_decay: 0.05, scheduler: cosine, warmup_epochs: 1, seed: 0}
+search:
+  sampler: tpe
+  sampler_options: {seed: 0, n_startup_trials: 3}
+  n_trials: 6
+  metric: val_acc
+  direction: maximize
+  pruner: median
+  pruner_options: {n_startup_trials: 3, n_warmup_steps: 5}
+  space:
+    train.lr: {type: float, low: 5.0e-4, high: 5.0e-3, log: true}
+    model.arch.num_layers: {type: int, low: 2, high: 4}
+"""
+
+
+@app.command()
+def server(
+    host: Annotated[Optional[str], typer.Option(help="Bind address (default VITSWEEP_API_HOST, 127.0.0.1)")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port (default VITSWEEP_API_PORT, 8000)")] = None,
+) -> None:
+    """Run the REST API (applies database migrations first)."""
+    import uvicorn
+
+    from server.main import create_app
+
+    s = settings()
+    uvicorn.run(create_app(s), host=host or s.api_host, port=port or s.api_port, log_level="info")
+
+
+@app.command()
+def worker(
+    devices: Annotated[str, typer.Option(help="cpu | cuda:0,cuda:1 | all")] = "cpu",
+    slots_per_device: Annotated[str, typer.Option(
+        help="Trial processes per device, 1-64, or auto: grow while total throughput rises and memory allows")] = "1",
+    max_trials: Annotated[Optional[int], typer.Option(min=1, help="Each slot stops after this many trials")] = None,
+    burst: Annotated[bool, typer.Option(help="Exit once no trial is queued or running")] = False,
+) -> None:
+    """Run worker slots that claim and train queued trials."""
+    from worker import supervisor
+    from worker.slots import parse_slots
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        parsed = supervisor.parse_devices(devices)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--devices") from None
+    try:
+        slots = parse_slots(slots_per_device)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--slots-per-device") from None
+    options = supervisor.SupervisorOptions(devices=parsed, slots_per_device=slots, max_trials=max_trials, burst=burst)
+    raise typer.Exit(supervisor.run_supervisor(settings(), options))
+
+
+def _sigterm_as_interrupt() -> None:
+    """`up` and `demo` own child processes: a SIGTERM must unwind through their cleanup like Ctrl-C does."""
+
+    def handle(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handle)
+
+
+def _addresses(s: Settings, ui: bool = True) -> Table:
+    table = Table(show_header=False, box=None)
+    table.add_row("API docs", f"{s.base_url}/docs")
+    if ui:
+        table.add_row("MLflow UI", s.mlflow_ui)
+        table.add_row("Optuna dashboard", s.dashboard)
+    table.add_row("Home", str(s.home))
+    return table
+
+
+@app.command()
+def up(
+    devices: Annotated[str, typer.Option(help="cpu | cuda:0,cuda:1 | all")] = "cpu",
+    slots_per_device: Annotated[str, typer.Option(help="Trial processes per device, 1-64, or auto")] = "1",
+    ui: Annotated[bool, typer.Option(help="Also start the MLflow UI and Optuna dashboard")] = True,
+) -> None:
+    """Start the embedded stack on 127.0.0.1: API, a local worker, MLflow UI, Optuna dashboard. Ctrl-C stops all."""
+    from server.stack import Stack
+    from worker.slots import parse_slots
+
+    try:
+        parse_slots(slots_per_device)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--slots-per-device") from None
+    s = settings()
+    _sigterm_as_interrupt()
+    stack = Stack(s, devices=devices, slots_per_device=slots_per_device, ui=ui)
+    try:
+        with console.status("starting the stack..."):
+            stack.start()
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    console.print("[green]vitsweep is up[/]")
+    console.print(_addresses(s, ui))
+    console.print("Ctrl-C stops everything.")
+    try:
+        while not stack.dead():
+            time.sleep(1.0)
+        err.print(f"[red]{', '.join(svc.name for svc in stack.dead())} stopped; see {s.home / 'logs'}[/]")
+    except KeyboardInterrupt:
+        console.print("stopping...")
+    finally:
+        stack.stop()
+
+
+@app.command()
+def demo(
+    spec: Annotated[Optional[Path], typer.Option(help="Run this spec instead of the embedded default")] = None,
+    slots: Annotated[int, typer.Option(min=1, max=64, help="Worker slots on the CPU")] = 2,
+    devices: Annotated[str, typer.Option(help="cpu | cuda:0,... | all")] = "cpu",
+    keep: Annotated[Optional[bool], typer.Option(help="Keep the stack up afterwards (default: when interactive)")] = None,
+    ui: Annotated[bool, typer.Option(help="Start the MLflow UI and Optuna dashboard")] = True,
+    print_spec: Annotated[bool, typer.Option(help="Print the embedded default spec and exit")] = False,
+) -> None:
+    """Start the embedded stack, run a sweep on the bundled digits data, show progress and the comparison."""
+    from server.stack import Stack
+
+    if print_spec:
+        sys.stdout.write(DEMO_SPEC)
+        return
+    s = settings()
+    text, ctype = read_spec(spec) if spec else (DEMO_SPEC, "application/yaml")
+    _sigterm_as_interrupt()
+    stack = Stack(s, devices=devices, slots_per_device=slots, ui=ui)
+    console.print("starting the stack (API, worker, MLflow UI, Optuna dashboard)...")
+    client = ApiClient(s)
+    try:
+        stack.start()
+        sweep = submit_text(client, text, ctype)
+        console.print(f"submitted sweep [bold]{sweep['id']}[/] ({sweep['name']}): {sweep['n_trials']} trials")
+        final = watch(client, sweep["id"])
+        print_compare(client, [sweep["id"]], "table", best=False, sort=None)
+        best = final.get("best_trial")
+        if best:
+            console.print(f"best trial {best['number']}: {final['metric']} = [bold]{best['value']:.4f}[/] "
+                          f"with {best['params']}")
+        console.print(_addresses(s, ui))
+        if keep or (keep is None and sys.stdin.isatty() and sys.stdout.isatty()):
+            console.print("The stack stays up; Ctrl-C stops it.")
+            while not stack.dead():
+                time.sleep(1.0)
+        if final["state"] != "completed":
+            raise typer.Exit(1)
+    except KeyboardInterrupt:
+        console.print("stopping...")
+    finally:
+        stack.stop()

@@ -1,0 +1,23 @@
+"""What a spec may name that the worker owns: datasets (with their options) and augmentation presets.
+
+The shared layer does not import the worker; the process that validates a spec (the API, the CLI, a test)
+passes the worker's catalog (``worker.catalog.WORKER_CATALOG``) to :func:`server.core.spec.validate_plan`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+
+class Catalog(Protocol):
+    """The names a spec can resolve, as a worker will resolve them."""
+
+    def datasets(self) -> Sequence[str]:
+        """Registered dataset names, sorted."""
+
+    def dataset_options(self, name: str) -> Mapping[str, Any]:
+        """The options dataset ``name`` takes, with their defaults (common ones included)."""
+
+    def augments(self) -> Sequence[str]:
+        """Registered augmentation preset names, sorted."""

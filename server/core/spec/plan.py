@@ -1,0 +1,168 @@
+"""Plan checks: every trial a spec can make resolves to a runnable spec, before anything is queued.
+
+Structure is pydantic's job (``sections``, ``search``, ``experiment``); here the plan is walked: every path is
+a field, every grid point and every bound and choice of the space resolves, names the worker owns are in its
+catalog, and every architecture builds (on PyTorch's meta device: nothing is allocated).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import ValidationError
+
+from server.core.exceptions import SpecError
+from server.core.samplers import make_pruner, make_sampler
+from server.core.spec.catalog import Catalog
+from server.core.spec.experiment import ExperimentSpec
+from server.core.spec.search import CategoricalParam, SearchSpec, first_value
+from server.core.spec.sections import check_path
+
+MAX_CHECKED_POINTS = 256
+
+
+def search_corners(spec: ExperimentSpec) -> list[tuple[dict[str, Any], str | None]]:
+    """Points that together touch every bound and choice of the space, each with the path it varies
+    (None for the base point): enough to check that the whole space is valid."""
+    if spec.is_grid:
+        return [(p, None) for p in spec.grid_points()]
+    assert spec.search is not None
+    base = {p: first_value(d) for p, d in spec.search.space.items()}
+    points: list[tuple[dict[str, Any], str | None]] = [(base, None)]
+    for path, dist in spec.search.space.items():
+        values = dist.choices[1:] if isinstance(dist, CategoricalParam) else [dist.high]
+        # A model's own keyword only matters when that model is chosen: check it with that model.
+        keys = path.split(".")
+        pinned = {"model.name": keys[2]} if keys[:2] == ["model", "arch_by_model"] and "model.name" in base else {}
+        if pinned:
+            points.append(({**base, **pinned}, path))
+        points.extend(({**base, **pinned, path: v}, path) for v in values)
+    return points
+
+
+def model_choices(spec: ExperimentSpec) -> list[Any]:
+    """Every value ``model.name`` can take in this sweep."""
+    if spec.matrix is not None and "model.name" in spec.matrix:
+        return list(spec.matrix["model.name"])
+    if spec.search is not None:
+        dist = spec.search.space.get("model.name")
+        if isinstance(dist, CategoricalParam):
+            return list(dist.choices)
+        if dist is not None:
+            raise SpecError(("search", "space", "model.name"), "model.name can only be searched as a categorical")
+    return [spec.model.name]
+
+
+def validate_plan(spec: ExperimentSpec, catalog: Catalog, *, build_model: bool = True) -> None:
+    """Check every path, every grid point and every bound of the space resolves to a runnable spec.
+
+    Raises:
+        SpecError: naming the matrix or search entry at fault (or the base spec's field).
+    """
+    paths = spec.searched_paths()
+    if spec.search is not None:
+        _check_search_options(spec.search)
+    for path in paths:
+        try:
+            check_path(path)
+        except ValueError as exc:
+            raise SpecError(spec.plan_loc(path), str(exc)) from None
+    _check_arch_blocks(spec, paths)
+    seen: set[str] = set()
+    for point, varied in search_corners(spec)[:MAX_CHECKED_POINTS]:
+        try:
+            resolved = spec.resolve(point)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            path = ".".join(str(p) for p in err["loc"])
+            culprit = next((p for p in point if path.startswith(p) or p.startswith(path)), path)
+            raise SpecError(spec.plan_loc(culprit), f"{path} = {point.get(culprit)!r}: {err['msg']}") from None
+        _check_names(spec, resolved, point, catalog)
+        if not build_model:
+            continue
+        key = json.dumps([resolved.model.model_dump(mode="json"), resolved.dataset.img_size, resolved.dataset.in_chans])
+        if key in seen:
+            continue
+        seen.add(key)
+        _check_model(spec, resolved, point, varied)
+
+
+def _blame(spec: ExperimentSpec, point: dict[str, Any], field: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """The plan entry that set ``field`` (a dotted prefix such as ``dataset.name``) at ``point``, else ``default``."""
+    culprit = next((p for p in point if p == field or p.startswith(field + ".") or field.startswith(p + ".")), None)
+    return spec.plan_loc(culprit) if culprit is not None else default
+
+
+def _check_names(spec: ExperimentSpec, resolved: ExperimentSpec, point: dict[str, Any], catalog: Catalog) -> None:
+    """The dataset, its options and the augmentation preset are ones the worker has."""
+    ds = resolved.dataset
+    datasets = list(catalog.datasets())
+    if ds.name not in datasets:
+        raise SpecError(_blame(spec, point, "dataset.name", ("dataset", "name")),
+                        f"unknown dataset {ds.name!r}; valid: {', '.join(datasets)}")
+    allowed = catalog.dataset_options(ds.name)
+    unknown = sorted(set(ds.options) - set(allowed))
+    if unknown:
+        raise SpecError(_blame(spec, point, "dataset.options", ("dataset", "options")),
+                        f"unknown option(s) {', '.join(unknown)} for dataset {ds.name!r}; valid: {', '.join(sorted(allowed))}")
+    augments = list(catalog.augments())
+    if ds.augment not in augments:
+        raise SpecError(_blame(spec, point, "dataset.augment", ("dataset", "augment")),
+                        f"unknown augment preset {ds.augment!r}; valid: {', '.join(augments)}")
+
+
+def _check_arch_blocks(spec: ExperimentSpec, paths: list[str]) -> None:
+    """Every per-model arch block (given or searched) belongs to a model this sweep can choose: a block for any
+    other model would be silently ignored, which is nearly always a typo."""
+    names = [n for n in model_choices(spec) if isinstance(n, str)]
+    for name in spec.model.arch_by_model:
+        if name not in names:
+            raise SpecError(("model", "arch_by_model", name),
+                            f"arch_by_model has a block for {name!r}, but model.name only takes {', '.join(names)}")
+    for path in paths:
+        keys = path.split(".")
+        if keys[:2] == ["model", "arch_by_model"] and keys[2] not in names:
+            raise SpecError(spec.plan_loc(path), f"{path} is for model {keys[2]!r}, but model.name only takes {', '.join(names)}")
+
+
+def _check_search_options(search: SearchSpec) -> None:
+    """Build the sampler and pruner once, so options they do not take fail the submission, not every trial."""
+    checks: list[tuple[str, str, Callable[[], object]]] = [
+        ("pruner_options", search.pruner, lambda: make_pruner(search.pruner, search.pruner_options))
+    ]
+    if search.sampler != "grid":  # grids pin every trial's values; the sampler's options are unused
+        checks.insert(0, ("sampler_options", search.sampler, lambda: make_sampler(search.sampler, search.sampler_options)))
+    for field, kind, build in checks:
+        try:
+            build()
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise SpecError(("search", field), f"{field.split('_')[0]} {kind!r} refuses these options: {exc}") from None
+
+
+def _check_model(spec: ExperimentSpec, resolved: ExperimentSpec, point: dict[str, Any], varied: str | None) -> None:
+    """Build the model on the meta device: catches bad architectures without allocating anything."""
+    import torch
+
+    from vitmodels import create_model
+
+    try:
+        with torch.device("meta"):
+            create_model(
+                resolved.model.name,
+                num_classes=10,
+                img_size=resolved.dataset.img_size,
+                in_chans=resolved.dataset.in_chans,
+                code_size=resolved.model.code_size,
+                **resolved.model.arch,
+            )
+    except (ValueError, TypeError) as exc:
+        # Blame the searched path that made this point differ from a buildable one; the base spec otherwise.
+        if spec.matrix is not None:
+            culprit = varied or next((p for p in point if p.startswith("model.")), None)
+        else:
+            culprit = varied
+        loc = spec.plan_loc(culprit) if culprit is not None else ("model", "arch")
+        where = f" with {point}" if point else ""
+        raise SpecError(loc, f"model {resolved.model.name!r} cannot be built{where}: {exc}") from None

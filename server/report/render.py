@@ -1,0 +1,174 @@
+"""Rendering a gathered report: one self-contained HTML page (figures inline as base64 PNG, no scripts, no
+external assets: it can be mailed or committed), Markdown that refers to the figures by file name, and a zip of
+the two."""
+
+from __future__ import annotations
+
+import html
+import io
+import zipfile
+from typing import Any
+
+from server import compare
+from server.report.figures import label
+from server.report.gather import Report
+
+# The report is about one sweep: its id and name head the page, not every row.
+REPORT_COLUMNS = [c for c in compare.COLUMNS if c[0] not in ("sweep_id", "sweep")]
+
+CSS = """
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em auto; max-width: 1280px;
+       padding: 0 1em; color: #1d2330; background: #fff; }
+h1 { font-size: 1.6em; margin-bottom: .2em; } h2 { font-size: 1.2em; margin-top: 1.8em; border-bottom: 1px solid #e3e6ec; }
+.meta { color: #5a6272; } .meta b { color: #1d2330; }
+dl { display: grid; grid-template-columns: max-content 1fr; gap: .25em 1em; }
+dt { color: #5a6272; } dd { margin: 0; }
+.table { overflow-x: auto; }
+table { border-collapse: collapse; font-size: 12.5px; white-space: nowrap; }
+th, td { padding: .35em .5em; border-bottom: 1px solid #e3e6ec; text-align: right; }
+th { background: #f4f6f9; position: sticky; top: 0; white-space: normal; vertical-align: bottom; }
+td.text, th.text { text-align: left; }
+tr.best td { background: #fff8e1; font-weight: 600; }
+.state-completed { color: #1b7f3b; } .state-pruned { color: #b35c00; } .state-failed { color: #c62828; }
+.state-cancelled { color: #6b7280; } .state-running { color: #1565c0; }
+figure { margin: 1.2em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #e3e6ec; }
+figcaption { color: #5a6272; font-size: .92em; }
+.notes { background: #f4f6f9; padding: .6em 1em; border-radius: 4px; }
+a { color: #1565c0; }
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _objective_text(report: Report) -> str:
+    s = report.sweep
+    return ", ".join(f"{n} ({d})" for n, d in zip(s["objectives"], s["directions"], strict=True))
+
+
+def render_html(report: Report) -> str:
+    """One self-contained HTML page: inline CSS, figures as base64 PNG, no scripts."""
+    s = report.sweep
+    counts = ", ".join(f"{n} {state}" for state, n in s["counts"].items() if n)
+    best = "-"
+    if report.best_trial is not None:
+        best = f"trial {report.best_trial}: {s['metric']} = {s['best_value']:.4f}" if s["best_value"] is not None else "-"
+        if s["best_params"]:
+            best += " with " + ", ".join(f"{label(k)}={compare.short_value(v)}" for k, v in s["best_params"].items())
+    links = []
+    if report.sweep_run_link:
+        links.append(f'<a href="{_e(report.sweep_run_link)}">MLflow: the sweep\'s run</a>')
+    if report.dashboard_link:
+        links.append(f'<a href="{_e(report.dashboard_link)}">Optuna dashboard: study {_e(s["study_name"])}</a>')
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>vitsweep report: sweep {_e(s['id'])} {_e(s['name'])}</title>",
+        f"<style>{CSS}</style></head><body>",
+        f"<h1>Sweep {_e(s['id'])}: {_e(s['name'])}</h1>",
+        f'<p class="meta">{_e(s["description"]) if s["description"] else ""}</p>',
+        "<dl>",
+        f"<dt>state</dt><dd><b class=\"state-{_e(s['state'])}\">{_e(s['state'])}</b> ({_e(counts or 'no trials')})</dd>",
+        f"<dt>model · dataset</dt><dd>{_e(s['model'])} · {_e(s['dataset'])}</dd>",
+        f"<dt>objective</dt><dd>{_e(_objective_text(report))}</dd>",
+        f"<dt>trials</dt><dd>{_e(s['n_trials'])}</dd>",
+        f"<dt>best</dt><dd>{_e(best)}</dd>",
+    ]
+    if report.pareto_front is not None:
+        parts.append(f"<dt>Pareto front</dt><dd>trials {_e(', '.join(map(str, report.pareto_front)) or '-')}</dd>")
+    parts.append(f"<dt>links</dt><dd>{' · '.join(links) or '-'}</dd></dl>")
+
+    parts.append("<h2>Trials</h2>")
+    parts.append(_html_table(report))
+    if report.figures:
+        parts.append("<h2>Figures</h2>")
+    for fig in report.figures:
+        parts.append(
+            f'<figure id="{_e(fig.name)}"><img src="{fig.data_uri()}" alt="{_e(fig.title)}">'
+            f"<figcaption><b>{_e(fig.title)}.</b> {_e(fig.caption)}</figcaption></figure>"
+        )
+    if report.importances:
+        parts.append("<h2>Parameter importances</h2><table><tr><th class=\"text\">parameter</th><th>importance</th></tr>")
+        parts.extend(f'<tr><td class="text">{_e(k)}</td><td>{v:.3f}</td></tr>' for k, v in report.importances.items())
+        parts.append("</table>")
+    if report.notes:
+        parts.append('<h2>Notes</h2><div class="notes"><ul>')
+        parts.extend(f"<li>{_e(n)}</li>" for n in report.notes)
+        parts.append("</ul></div>")
+    parts.append(f'<p class="meta">Generated by vitsweep on {_e(report.generated_at.strftime("%Y-%m-%d %H:%M UTC"))}.</p>')
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def _html_table(report: Report) -> str:
+    text_cols = compare.TEXT_COLUMNS
+    head = "".join(f'<th class="{"text" if k in text_cols else ""}">{_e(h)}</th>' for k, h in REPORT_COLUMNS)
+    lines = [f'<div class="table"><table id="trials"><thead><tr>{head}<th class="text">MLflow</th></tr></thead><tbody>']
+    for r in report.rows:
+        cls = "trial best" if r["trial"] == report.best_trial else "trial"
+        cells = []
+        for k, _ in REPORT_COLUMNS:
+            value = compare.cell(k, r.get(k))
+            attrs = ' class="text"' if k in text_cols else ""
+            if k == "state":
+                attrs = f' class="text state-{_e(r["state"])}"'
+            if k == "state" and r.get("error"):
+                attrs += f' title="{_e(r["error"])}"'
+            cells.append(f"<td{attrs}>{_e(value)}</td>")
+        link = report.run_links.get(r["trial"])
+        cells.append(f'<td class="text"><a href="{_e(link)}">run</a></td>' if link else '<td class="text">-</td>')
+        lines.append(f'<tr class="{cls}" data-trial="{_e(r["trial"])}">{"".join(cells)}</tr>')
+    lines.append("</tbody></table></div>")
+    return "\n".join(lines)
+
+
+def render_markdown(report: Report) -> str:
+    """Markdown that refers to the figures by file name (``curves.png``, ...): keep them beside it."""
+    s = report.sweep
+    out = [f"# Sweep {s['id']}: {s['name']}", ""]
+    if s["description"]:
+        out += [s["description"], ""]
+    counts = ", ".join(f"{n} {state}" for state, n in s["counts"].items() if n)
+    out += [
+        f"- **state**: {s['state']} ({counts or 'no trials'})",
+        f"- **model · dataset**: {s['model']} · {s['dataset']}",
+        f"- **objective**: {_objective_text(report)}",
+        f"- **trials**: {s['n_trials']}",
+    ]
+    if report.best_trial is not None and s["best_value"] is not None:
+        params = ", ".join(f"{label(k)}={compare.short_value(v)}" for k, v in (s["best_params"] or {}).items())
+        out.append(f"- **best**: trial {report.best_trial}: {s['metric']} = {s['best_value']:.4f}" + (f" with {params}" if params else ""))
+    if report.pareto_front is not None:
+        out.append(f"- **Pareto front**: trials {', '.join(map(str, report.pareto_front)) or '-'}")
+    if report.sweep_run_link:
+        out.append(f"- **MLflow**: [the sweep's run]({report.sweep_run_link})")
+    if report.dashboard_link:
+        out.append(f"- **Optuna dashboard**: [study {s['study_name']}]({report.dashboard_link})")
+    out += ["", "## Trials", "", compare.render(report.rows, "md", REPORT_COLUMNS).rstrip(), ""]
+    if report.run_links:
+        out.append("MLflow runs: " + " · ".join(f"[trial {n}]({u})" for n, u in sorted(report.run_links.items())))
+        out.append("")
+    if report.figures:
+        out += ["## Figures", ""]
+    for fig in report.figures:
+        out += [f"![{fig.title}]({fig.file})", "", f"*{fig.title}.* {fig.caption}", ""]
+    if report.importances:
+        out += ["## Parameter importances", "", "| parameter | importance |", "|---|---|"]
+        out += [f"| {k} | {v:.3f} |" for k, v in report.importances.items()]
+        out.append("")
+    if report.notes:
+        out += ["## Notes", ""] + [f"- {n}" for n in report.notes] + [""]
+    out.append(f"Generated by vitsweep on {report.generated_at.strftime('%Y-%m-%d %H:%M UTC')}.")
+    return "\n".join(out) + "\n"
+
+
+def bundle(report: Report) -> bytes:
+    """A zip of ``report.md`` and its figures, flat, ready to unpack into one directory."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("report.md", render_markdown(report))
+        for fig in report.figures:
+            archive.writestr(fig.file, fig.png)
+    return buf.getvalue()
