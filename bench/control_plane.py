@@ -161,7 +161,8 @@ def _worker_process(
     from server.core.config import Settings
     from worker.engine.results import EpochReport, FitResult
     from worker.exceptions import TrialStopped
-    from worker.trial import TrainingJob, TrialRunner
+    from worker.training import TrainingJob
+    from worker.trial import TrialRunner
     from worker.worker import Worker, WorkerOptions
 
     timer = PhaseTimer()
@@ -191,7 +192,7 @@ def _worker_process(
                 raise TrialStopped("stop requested")
         best = job.workdir / "best.pt"
         best.write_bytes(checkpoint_bytes)
-        summary = {"params": 1000.0, "flops_per_image": 1e6, "peak_memory_bytes": 1e8, "best_val_acc": 0.51,
+        summary = {"param_count": 1000.0, "flops_per_image": 1e6, "peak_memory_bytes": 1e8, "best_val_acc": 0.51,
                    "best_epoch": float(epochs), "final_train_acc": 0.5, "final_val_acc": 0.51,
                    "final_val_loss": 1.0, "seconds_per_epoch": 0.01, "images_per_second": 1000.0,
                    "inputs_seen": 16.0 * epochs}

@@ -31,7 +31,7 @@ COLUMNS: list[tuple[str, str]] = [
     ("final_train_acc", "final train acc"),
     ("final_val_loss", "val loss"),
     ("svc_acc", "svc acc"),
-    ("params", "params"),
+    ("param_count", "params"),
     ("peak_memory_mb", "peak MB"),
     ("seconds_per_epoch", "s/epoch"),
     ("images_per_second", "img/s"),
@@ -93,7 +93,7 @@ def _row(sweep: Sweep, trial: Trial) -> dict[str, Any]:
         "final_train_acc": m.get("final_train_acc"),
         "final_val_loss": m.get("final_val_loss"),
         "svc_acc": m.get("svc_acc"),
-        "params": int(m["params"]) if m.get("params") is not None else None,
+        "param_count": _param_count(m),
         "peak_memory_mb": round(peak / 2**20, 1) if peak is not None else None,
         "seconds_per_epoch": m.get("seconds_per_epoch"),
         "images_per_second": m.get("images_per_second"),
@@ -102,6 +102,12 @@ def _row(sweep: Sweep, trial: Trial) -> dict[str, Any]:
         "objectives": m.get("objectives"),
         "error": trial.error,
     }
+
+
+def _param_count(summary: dict[str, Any]) -> int | None:
+    """The model's parameter count from a trial's summary (``params`` in trials stored before it was renamed)."""
+    count = summary.get("param_count", summary.get("params"))
+    return int(count) if count is not None else None
 
 
 def filter_rows(data: list[dict[str, Any]], **wanted: Sequence[str] | None) -> list[dict[str, Any]]:
@@ -141,7 +147,7 @@ def cell(key: str, value: Any) -> str:
         if key == "images_per_second":
             return f"{value:,.0f}"
         return f"{value:.4f}"
-    if isinstance(value, int) and key == "params":
+    if isinstance(value, int) and key == "param_count":
         return f"{value:,}"
     return str(value)
 

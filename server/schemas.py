@@ -91,5 +91,5 @@ class ModelInfo(BaseModel):
     name: str
     family: str | None = None
     defaults: dict[str, Any] = Field(default_factory=dict)
-    params: int | None = None
+    param_count: int | None = Field(None, description="Parameters at the asked input size.")
     error: str | None = None

@@ -58,7 +58,7 @@ def train_with_hook(settings: Any, hook: Any) -> Any:
     sweep's deadline, watch the store)."""
     from dataclasses import replace
 
-    from worker.trial import SpecTrainer
+    from worker.training import SpecTrainer
 
     real = SpecTrainer(settings.datasets_dir, settings.download)
 

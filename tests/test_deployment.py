@@ -32,18 +32,22 @@ N_TRIALS = 4
 EPOCHS = 3
 
 
-def _children(pid: int) -> list[int]:
-    """Direct children of ``pid`` (the slot processes of a worker supervisor)."""
-    out = []
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (a worker supervisor's fork server and, below it, its slot processes)."""
+    parents: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 stat = (entry / "stat").read_text()
             except OSError:
                 continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(entry.name))
-    return out
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found.extend(children)
+        frontier = children
+    return found
 
 
 class Proc:
@@ -62,7 +66,7 @@ class Proc:
         return self.log.read_text(errors="replace")[-n:] if self.log.exists() else ""
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        for pid in [*_children(self.popen.pid), self.popen.pid]:
+        for pid in [*_descendants(self.popen.pid), self.popen.pid]:
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
@@ -153,7 +157,7 @@ def test_compose_like_deployment_survives_a_killed_worker(pg_url: str, mlflow_db
         victim: dict[str, Any] = {}
 
         def first_is_mid_trial() -> bool:
-            slots = {str(pid) for pid in _children(first.popen.pid)}
+            slots = {str(pid) for pid in _descendants(first.popen.pid)}
             for t in trials():
                 pid = (t["worker_id"] or "::").split(":")[1]
                 if t["state"] == "running" and pid in slots and 1 <= t["epochs_done"] < EPOCHS:

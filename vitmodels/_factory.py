@@ -83,7 +83,7 @@ def describe_models(img_size: int = 32, in_chans: int = 3, num_classes: int = 10
     """One row per registered model: name, family, resolved arch defaults, and parameter count at this size.
 
     Models are built on the meta device, so this is quick and allocates nothing. A model that cannot be built
-    at this size has ``params`` None and an ``error`` message.
+    at this size has ``param_count`` None and an ``error`` message.
     """
     rows: list[dict[str, Any]] = []
     for name in list_models():
@@ -92,10 +92,10 @@ def describe_models(img_size: int = 32, in_chans: int = 3, num_classes: int = 10
             with torch.device("meta"):
                 model = create_model(name, num_classes=num_classes, img_size=img_size, in_chans=in_chans)
         except (ValueError, TypeError, RuntimeError) as exc:
-            row["params"] = None
+            row["param_count"] = None
             row["error"] = str(exc)
         else:
             row["defaults"] = dict(getattr(model, "arch", row["defaults"]))
-            row["params"] = sum(p.numel() for p in model.parameters())
+            row["param_count"] = sum(p.numel() for p in model.parameters())
         rows.append(row)
     return rows

@@ -18,7 +18,8 @@ from server.core.backends import Backends, make_backends
 from server.core.config import Settings
 from server.core.db import retry_db
 from server.core.models import Sweep, SweepState, Trial, TrialState
-from worker.trial import TrainFn, TrialRunner
+from worker.training import TrainFn
+from worker.trial import TrialRunner
 
 log = logging.getLogger(__name__)
 

@@ -29,9 +29,9 @@ def models(
         return
     table = Table("model", "family", "params", "defaults", title=f"models at {img_size}x{img_size}x{in_chans}")
     for m in infos:
-        params = f"{m['params']:,}" if m.get("params") is not None else f"[red]{m.get('error', '-')}[/]"
+        count = f"{m['param_count']:,}" if m.get("param_count") is not None else f"[red]{m.get('error', '-')}[/]"
         defaults = ", ".join(f"{k}={v}" for k, v in m.get("defaults", {}).items())
-        table.add_row(m["name"], m.get("family") or "-", params, defaults)
+        table.add_row(m["name"], m.get("family") or "-", count, defaults)
     console.print(table)
     console.print("Any timm model as timm:<name>.")
 

@@ -15,9 +15,11 @@ Direction = Literal["maximize", "minimize"]
 # The metrics a trial reports each epoch; the (first) objective must be one of them.
 EpochMetric = Literal["val_acc", "val_loss", "train_acc", "train_loss"]
 # Figures known only once a trial has ended: further objectives of a multi-objective search.
-TrialFigure = Literal["params", "flops_per_image", "peak_memory_bytes", "seconds_per_epoch", "images_per_second", "svc_acc"]
+TrialFigure = Literal["param_count", "flops_per_image", "peak_memory_bytes", "seconds_per_epoch", "images_per_second", "svc_acc"]
 Objective = Literal[EpochMetric, TrialFigure]
 EPOCH_METRICS: tuple[str, ...] = get_args(EpochMetric)
+# Objective names a spec may still use for the one it now has (``params`` was the parameter count's name).
+OBJECTIVE_ALIASES = {"params": "param_count"}
 K = TypeVar("K", bound=Hashable)
 
 

@@ -174,7 +174,7 @@ def pareto_figure(spec: ExperimentSpec, trials: Sequence[Trial], front: list[int
         ax.plot([p[1] for p in on], [p[2] for p in on], "o-", color="#d62728", label="Pareto front", zorder=3)
     for number, x, y in points:
         ax.annotate(str(number), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    if names[1] in ("params", "flops_per_image", "peak_memory_bytes") and all(p[2] > 0 for p in points):
+    if names[1] in ("param_count", "flops_per_image", "peak_memory_bytes") and all(p[2] > 0 for p in points):
         ax.set_yscale("log")
     ax.set_xlabel(f"{names[0]} ({spec.directions[0]})")
     ax.set_ylabel(f"{names[1]} ({spec.directions[1]})")

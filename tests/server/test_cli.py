@@ -81,7 +81,7 @@ def test_submit_wait_status_compare(api: str, cli_env: dict[str, str], tmp_path:
         assert len(rows) == 3  # every trial listed
         data = json.loads(runner.invoke(app, ["compare", str(sweep_id), "--format", "json"]).output)
         assert sorted(r["trial"] for r in data) == [0, 1, 2] and all(r["state"] == "completed" for r in data)
-        assert all(0.0 <= r["best_val_acc"] <= 1.0 and r["params"] > 0 for r in data)
+        assert all(0.0 <= r["best_val_acc"] <= 1.0 and r["param_count"] > 0 for r in data)
         csv_out = runner.invoke(app, ["compare", str(sweep_id), "--format", "csv"]).output
         assert csv_out.splitlines()[0].startswith("sweep_id,") and len(csv_out.strip().splitlines()) == 4
         table = runner.invoke(app, ["compare", str(sweep_id)])

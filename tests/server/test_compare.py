@@ -21,7 +21,7 @@ from worker.worker import Worker, WorkerOptions
 
 # The issue's columns: sweep, model, dataset, searched values, parameter count, best validation accuracy, final
 # train accuracy, validation loss, SVC accuracy, peak memory, seconds per epoch, images per second, state.
-ISSUE_COLUMNS = ["sweep_id", "model", "dataset", "params_searched", "params", "best_val_acc", "final_train_acc",
+ISSUE_COLUMNS = ["sweep_id", "model", "dataset", "params_searched", "param_count", "best_val_acc", "final_train_acc",
                  "final_val_loss", "svc_acc", "peak_memory_mb", "seconds_per_epoch", "images_per_second", "state"]
 ISSUE_HEADERS = ["sweep", "model", "dataset", "searched", "params", "best val acc", "final train acc", "val loss",
                  "svc acc", "peak MB", "s/epoch", "img/s", "state"]
@@ -60,7 +60,7 @@ def test_compare_two_sweeps_over_the_api(client, settings, backends) -> None:  #
         m = t["metrics"]
         assert set(ISSUE_COLUMNS) <= set(r)
         assert r["params_searched"] == t["params"] and r["state"] == "completed" and r["value"] == t["value"]
-        assert r["params"] == int(m["params"]) > 0
+        assert r["param_count"] == int(m["param_count"]) > 0
         assert r["best_val_acc"] == m["best_val_acc"] and r["final_train_acc"] == m["final_train_acc"]
         assert r["final_val_loss"] == m["final_val_loss"] and 0.0 <= r["svc_acc"] <= 1.0
         assert r["peak_memory_mb"] == round(m["peak_memory_bytes"] / 2**20, 1)
@@ -73,8 +73,8 @@ def test_compare_two_sweeps_over_the_api(client, settings, backends) -> None:  #
     assert client.get("/api/v1/compare", params={**query, "dataset": "digits,synthetic"}).json() == rows
     assert client.get("/api/v1/compare", params={**query, "state": "pruned"}).json() == []
     assert client.get("/api/v1/compare", params={**query, "state": "finished"}).status_code == 422
-    by_params = client.get("/api/v1/compare", params={**query, "sort": "params", "order": "asc"}).json()
-    assert [r["params"] for r in by_params] == sorted(r["params"] for r in rows)
+    by_params = client.get("/api/v1/compare", params={**query, "sort": "param_count", "order": "asc"}).json()
+    assert [r["param_count"] for r in by_params] == sorted(r["param_count"] for r in rows)
     desc = client.get("/api/v1/compare", params={**query, "sort": "best_val_acc"}).json()
     assert [r["best_val_acc"] for r in desc] == sorted((r["best_val_acc"] for r in rows), reverse=True)
     assert client.get("/api/v1/compare", params={**query, "sort": "params_searched"}).status_code == 422
@@ -90,7 +90,7 @@ def test_compare_two_sweeps_over_the_api(client, settings, backends) -> None:  #
     assert len(parsed) == 4 and set(ISSUE_COLUMNS) <= set(parsed[0])
     assert [int(p["sweep_id"]) for p in parsed] == [a, a, b, b]
     assert json.loads(parsed[2]["params_searched"]) == rows[2]["params_searched"]
-    assert [int(p["params"]) for p in parsed] == [r["params"] for r in rows]
+    assert [int(p["param_count"]) for p in parsed] == [r["param_count"] for r in rows]
     # Markdown (and "table", the same over HTTP): a header with the issue's columns and one line per trial.
     for fmt in ("md", "table"):
         md = client.get("/api/v1/compare", params={**query, "format": fmt})
@@ -140,24 +140,24 @@ def test_compare_two_sweeps_from_the_cli(client, settings, backends, monkeypatch
         data: list[dict[str, Any]] = json.loads(cli("--format", "json"))
         assert [(r["sweep_id"], r["model"], r["dataset"]) for r in data] == [
             (a, "cnn", "synthetic"), (a, "cnn", "synthetic"), (b, "vit", "digits"), (b, "vit", "digits")]
-        assert all(r["params"] > 0 and r["state"] == "completed" for r in data)
+        assert all(r["param_count"] > 0 and r["state"] == "completed" for r in data)
         parsed = list(csv.DictReader(io.StringIO(cli("--format", "csv"))))
         assert [int(p["sweep_id"]) for p in parsed] == [a, a, b, b]
-        assert [int(p["params"]) for p in parsed] == [r["params"] for r in data]
+        assert [int(p["param_count"]) for p in parsed] == [r["param_count"] for r in data]
         md = [line for line in cli("--format", "md").splitlines() if line.startswith("| ")]
         assert len(md) == 5 and all(h in md[0] for h in ISSUE_HEADERS)
         table = cli()
         assert "comparison" in table
         for r in data:  # every trial's parameter count, formatted as the table formats it
-            assert f"{r['params']:,}" in table
+            assert f"{r['param_count']:,}" in table
         for header in ("model", "dataset", "searched", "params", "state"):
             assert header in table
         assert table.count("vit") >= 2 and table.count("digits") >= 2
         # Filters, sorting, best-only from the command line.
         only_vit = json.loads(cli("--format", "json", "--model", "vit"))
         assert {r["sweep_id"] for r in only_vit} == {b} and len(only_vit) == 2
-        ascending = json.loads(cli("--format", "json", "--sort", "params", "--asc"))
-        assert [r["params"] for r in ascending] == sorted(r["params"] for r in data)
+        ascending = json.loads(cli("--format", "json", "--sort", "param_count", "--asc"))
+        assert [r["param_count"] for r in ascending] == sorted(r["param_count"] for r in data)
         best = json.loads(cli("--format", "json", "--best"))
         assert [r["sweep_id"] for r in best] == [a, b]
         bad = runner.invoke(app, ["compare", str(a), "--state", "finished"])

@@ -162,13 +162,13 @@ def test_nsga2_multi_objective_across_model_families(client, settings, backends)
         },
     )
     created = submit(client, spec)
-    assert created["objectives"] == ["val_acc", "params"] and created["directions"] == ["maximize", "minimize"]
+    assert created["objectives"] == ["val_acc", "param_count"] and created["directions"] == ["maximize", "minimize"]
     assert created["metric"] == "val_acc"
     run_worker(settings, backends)
 
     sweep, trials, study = three_places(client, backends, created["id"])
     assert sweep["state"] == "completed" and [t["state"] for t in trials] == ["completed"] * 6
-    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"] and study.metric_names == ["val_acc", "params"]
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"] and study.metric_names == ["val_acc", "param_count"]
     families = {t["params"]["model.name"] for t in trials}
     assert families == {"cnn", "vit"}, trials
     mlflow = backends.tracker.client
@@ -176,8 +176,8 @@ def test_nsga2_multi_objective_across_model_families(client, settings, backends)
     for t in trials:
         ot = by_number[t["optuna_trial_number"]]
         # The store's value is the first objective; Optuna holds both; the store keeps both in metrics.
-        assert ot.values == pytest.approx([t["value"], t["metrics"]["params"]])
-        assert t["metrics"]["objectives"] == pytest.approx({"val_acc": t["value"], "params": t["metrics"]["params"]})
+        assert ot.values == pytest.approx([t["value"], t["metrics"]["param_count"]])
+        assert t["metrics"]["objectives"] == pytest.approx({"val_acc": t["value"], "param_count": t["metrics"]["param_count"]})
         assert ot.intermediate_values == {}  # no per-epoch reports: Optuna takes none for several objectives
         # A family's own keywords are searched only when it is chosen (conditional parameters).
         model = t["params"]["model.name"]

@@ -141,7 +141,7 @@ def test_meta_device_and_described_params(name: str, described: dict[str, dict[s
     row = described[name]
     assert row["family"] and isinstance(row["defaults"], dict)
     real = create_model(name, num_classes=NUM_CLASSES, img_size=32)
-    assert row["params"] == sum(p.numel() for p in real.parameters())
+    assert row["param_count"] == sum(p.numel() for p in real.parameters())
 
 
 # -- invalid arguments ------------------------------------------------------------------------------------

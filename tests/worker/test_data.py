@@ -449,7 +449,7 @@ def test_rgb_needs_one_or_three_channels(tmp_path: Path) -> None:
 
 def test_file_modes(tmp_path: Path) -> None:
     """Palette, RGBA and 16-colour grey files all decode to the requested channels."""
-    from worker.data.base import decode_image
+    from worker.data.images import decode_image
 
     rgba = Image.new("RGBA", (10, 6), (10, 20, 30, 128))
     rgba.save(tmp_path / "a.png")

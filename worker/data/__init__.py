@@ -17,15 +17,9 @@ from worker.data import (  # noqa: F401  (importing a module registers its loade
     tiny_imagenet,
 )
 from worker.data._registry import get_loader, list_datasets, load_dataset, register_dataset
-from worker.data.base import (
-    DatasetLoader,
-    DatasetSplits,
-    FileImageSet,
-    ImageSet,
-    RawData,
-    RawSplit,
-    TensorImageSet,
-)
+from worker.data.base import DatasetLoader
+from worker.data.images import FileImageSet, ImageSet, TensorImageSet
+from worker.data.splits import DatasetSplits, RawData, RawSplit
 
 __all__ = [
     "DatasetLoader",

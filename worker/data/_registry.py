@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, TypeVar
 
-from worker.data.base import DatasetLoader, DatasetSplits
+from worker.data.base import DatasetLoader
+from worker.data.splits import DatasetSplits
 
 _LOADERS: dict[str, type[DatasetLoader]] = {}
 

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from worker.data._registry import register_dataset
-from worker.data.base import DatasetLoader, RawData, RawSplit
+from worker.data.base import DatasetLoader
+from worker.data.splits import RawData, RawSplit
 from worker.exceptions import DataFormatError
 
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from worker.data._registry import register_dataset
-from worker.data.base import DatasetLoader, RawData, RawSplit
+from worker.data.base import DatasetLoader
+from worker.data.splits import RawData, RawSplit
 from worker.exceptions import DataFormatError
 
 CLASSES = ["cat", "dog"]

@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from worker.data._registry import register_dataset
-from worker.data.base import DatasetLoader, RawData, RawSplit
+from worker.data.base import DatasetLoader
+from worker.data.splits import RawData, RawSplit
 from worker.exceptions import DataFormatError
 
 FOLDERS = ("FashionMNIST/raw", "fashion_mnist")

@@ -9,7 +9,8 @@ import numpy as np
 
 from server.core.datapaths import confine
 from worker.data._registry import register_dataset
-from worker.data.base import DatasetLoader, RawData, RawSplit
+from worker.data.base import DatasetLoader
+from worker.data.splits import RawData, RawSplit
 from worker.exceptions import DataFormatError
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")

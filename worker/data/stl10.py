@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from worker.data._registry import register_dataset
-from worker.data.base import DatasetLoader, RawData, RawSplit, read_classes_file
+from worker.data.base import DatasetLoader, read_classes_file
+from worker.data.splits import RawData, RawSplit
 from worker.exceptions import DataFormatError
 
 SIDE = 96

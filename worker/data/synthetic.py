@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from worker.data._registry import register_dataset
-from worker.data.base import DatasetLoader, RawData, RawSplit
+from worker.data.base import DatasetLoader
+from worker.data.splits import RawData, RawSplit
 
 
 @register_dataset

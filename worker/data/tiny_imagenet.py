@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from worker.data._registry import register_dataset
-from worker.data.base import DatasetLoader, RawData, RawSplit, read_classes_file
+from worker.data.base import DatasetLoader, read_classes_file
+from worker.data.splits import RawData, RawSplit
 from worker.exceptions import DataFormatError
 
 URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"

@@ -180,7 +180,7 @@ class _Run:
         flops = stats.forward_flops(self.model, (ds.in_chans, ds.img_size, ds.img_size), self.device)
         nan = float("nan")
         out: dict[str, float] = {
-            "params": float(stats.count_params(self.model)),
+            "param_count": float(stats.count_params(self.model)),
             "flops_per_image": float(flops),
             "peak_memory_bytes": float(stats.peak_memory_bytes(self.device)),
             "best_val_acc": nan, "best_epoch": 0.0, "final_train_acc": nan, "final_val_acc": nan,

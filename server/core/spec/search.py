@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from server.core.objectives import EPOCH_METRICS, Direction, EpochMetric, Objective
+from server.core.objectives import EPOCH_METRICS, OBJECTIVE_ALIASES, Direction, EpochMetric, Objective
 from server.core.samplers import PrunerName, SamplerName
 from server.core.spec.limits import MAX_LIST, MAX_TRIALS, check_mapping, check_value
 from server.core.spec.sections import Strict
@@ -82,7 +82,7 @@ class SearchSpec(Strict):
     direction: Direction = "maximize"
     metrics: list[Objective] | None = Field(
         None, min_length=2, max_length=4,
-        description="Several objectives (a multi-objective search, e.g. [val_acc, params]); the first is a per-epoch "
+        description="Several objectives (a multi-objective search, e.g. [val_acc, param_count]); the first is a per-epoch "
         "metric and is the store's value; `metric` is set from it.",
     )
     directions: list[Direction] | None = Field(None, description="One direction per entry of `metrics`.")
@@ -94,6 +94,14 @@ class SearchSpec(Strict):
         description="Seconds after submission when queued trials are cancelled; running trials finish.",
     )
     max_concurrent_trials: int | None = Field(None, ge=1, le=MAX_TRIALS, description="At most this many trials run at once.")
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _renamed_objectives(cls, value: Any) -> Any:
+        """Specs written before an objective was renamed keep working (``params`` is ``param_count``)."""
+        if isinstance(value, list):
+            return [OBJECTIVE_ALIASES.get(v, v) if isinstance(v, str) else v for v in value]
+        return value
 
     @field_validator("sampler_options", "pruner_options")
     @classmethod
