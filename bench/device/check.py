@@ -207,7 +207,8 @@ class Check:
 
 def summarise(steps: dict[str, Any]) -> dict[str, Any]:
     """The goals' figures (bench/RESULTS.md), where the steps got that far: the sweep's best service side
-    against the studies' way, the ViT-S trial's MFU, and the fast path's data wait."""
+    against the studies' way, the ViT-S trial's MFU, and the data wait of the fastest fast-path row with its
+    data on the device."""
     out: dict[str, Any] = {}
     sweep = (steps.get("sweep") or {}).get("figures") or {}
     for model, sides in sweep.items():
@@ -222,7 +223,8 @@ def summarise(steps: dict[str, Any]) -> dict[str, Any]:
     vit_s = (steps.get("vit_s") or {}).get("figures") or {}
     if vit_s.get("mfu") is not None:
         out["vit_s_mfu"] = {"mfu": vit_s["mfu"], "goal": ">= 0.25"}
-    rows = [r for r in ((steps.get("fast_path") or {}).get("figures") or {}).get("rows", []) if "data_wait" in r]
+    rows = [r for r in ((steps.get("fast_path") or {}).get("figures") or {}).get("rows", [])
+            if "data_wait" in r and r["switches"].get("data_on_device") is True]  # the fast path's data
     if rows:
         fastest = max(rows, key=lambda r: r["images_per_s"])
         out["data_wait"] = {"row": fastest["row"], "data_wait": fastest["data_wait"], "goal": "<= 0.05"}
