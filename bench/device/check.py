@@ -120,9 +120,10 @@ class Check:
             env["PYTHONPATH"] = os.pathsep.join(p for p in (path, str(ROOT)) if p)
         env["PYTHONUNBUFFERED"] = "1"
         # One torch.compile cache for every step, as the service shares one per machine: the sweep's trials
-        # load what the fast-path step compiled for the same model and batch.
-        env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(self.work / "inductor"))
-        env.setdefault("TRITON_CACHE_DIR", str(self.work / "inductor" / "triton"))
+        # load what the fast-path step compiled for the same model and batch, and a second call on the same
+        # (still warm) machine what the first compiled.
+        env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(self.args.compile_cache))
+        env.setdefault("TRITON_CACHE_DIR", str(self.args.compile_cache / "triton"))
         return env
 
     def left(self) -> float:
@@ -246,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--box", action="append", default=[], metavar="STEP=SECONDS",
                         help="Override a step's nominal time box (repeatable)")
     parser.add_argument("--work", type=Path, default=None, help="Scratch folder (default: a new temporary one)")
+    parser.add_argument("--compile-cache", type=Path,
+                        default=Path(tempfile.gettempdir()) / "vitsweep-check-compile-cache",
+                        help="torch.compile's cache, kept between calls (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.out is None:
         parser.error("--out is required where $OUT is not set")
