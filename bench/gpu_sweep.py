@@ -21,6 +21,9 @@ On an H100 (about 9 minutes for ViT-tiny, 1 epoch per trial; run ViT-S as a seco
     .venv/bin/python bench/gpu_sweep.py --device cuda:0 --models vit_tiny --epochs 1 --slots 4
     .venv/bin/python bench/gpu_sweep.py --device cuda:0 --models vit_s --epochs 1 --slots 2
 
+``--slots 4,auto,1`` runs the service once per slot count, against one run of the studies' way; the JSON
+(``--json``) is rewritten after every side, so a run cut short keeps what it measured.
+
 On the CPU with tiny sizes (a check that everything runs; its figures mean nothing)::
 
     .venv/bin/python bench/gpu_sweep.py --device cpu --tiny --trials 4
@@ -52,7 +55,14 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-VITSWEEP = str(Path(sys.executable).parent / "vitsweep")
+
+def vitsweep_command() -> list[str]:
+    """The ``vitsweep`` console script next to this Python, or the CLI module where vitsweep is not installed
+    (on the GPU machine the tree runs from ``PYTHONPATH``, without its entry points)."""
+    script = Path(sys.executable).parent / "vitsweep"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "server.cli"]
+
+
 MODELS: dict[str, dict[str, Any]] = {
     # ViT-tiny: 2.7M parameters; ViT-S: 10.7M parameters, 4.3 GFLOP per training image at 32x32.
     "vit_tiny": {"patch_size": 4, "num_layers": 6, "num_heads": 3, "hidden_dim": 192, "mlp_dim": 768},
@@ -305,7 +315,8 @@ class Service:
 
         self.home.mkdir(parents=True, exist_ok=True)
         with open(self.home / "api.log", "wb") as log:
-            self.procs.append(subprocess.Popen([VITSWEEP, "server"], env=self.env, stdout=log, stderr=subprocess.STDOUT))
+            self.procs.append(subprocess.Popen([*vitsweep_command(), "server"], env=self.env, stdout=log,
+                                               stderr=subprocess.STDOUT))
         deadline = time.monotonic() + 120
         while True:
             try:
@@ -318,7 +329,7 @@ class Service:
             time.sleep(0.3)
         with open(self.worker_log, "wb") as log:
             self.procs.append(subprocess.Popen(
-                [VITSWEEP, "worker", "--devices", self.device, "--slots-per-device", self.slots],
+                [*vitsweep_command(), "worker", "--devices", self.device, "--slots-per-device", self.slots],
                 env=self.env, stdout=log, stderr=subprocess.STDOUT))
         deadline = time.monotonic() + 300
         while not re.search(r"worker \S+ started", self.worker_log.read_text(errors="replace")):  # a slot's claim loop
@@ -338,18 +349,19 @@ class Service:
 
 
 def run_service(
-    args: argparse.Namespace, model_name: str, lrs: list[float], sampler: GpuSampler, home: Path, data_dir: Path
+    args: argparse.Namespace, model_name: str, lrs: list[float], sampler: GpuSampler, home: Path, data_dir: Path,
+    slots: str,
 ) -> Side:
     import httpx
 
-    side = Side(f"(b) service, {args.slots} slot(s)")
+    side = Side(f"(b) service, {slots} slot(s)")
     spec = service_spec(args, model_name, lrs)
     from server.core.spec import TrainSpec
 
     t = TrainSpec.model_validate(spec["train"])  # the spec's own defaults for what the bench leaves unset
     side.notes = (f"batch {t.batch_size}, {t.precision}, compile {t.compile} ({t.compile_mode}), fused optimizer "
                   f"{t.fused_optimizer}, fused attention {t.fused_attention}, data on device {t.data_on_device}")
-    service = Service(home, args.device, args.slots, data_dir)
+    service = Service(home, args.device, slots, data_dir)
     try:
         service.start()
         with sampler.sampling(side.gpu_util):
@@ -400,10 +412,12 @@ def print_table(model_name: str, sides: list[Side]) -> None:
               f"{mfu:>7} {d['wall_s']:8.1f}")
     for s in sides:
         print(f"  {s.name}: {s.notes}")
-    if len(sides) == 2 and sides[0].images_per_s:
-        a, b = sides
-        print(f"ratio (b)/(a): images/s {b.images_per_s / a.images_per_s:.2f}x, "
-              f"trials/h {b.trials_per_hour / a.trials_per_hour:.2f}x")
+    a = sides[0]
+    if a.name.startswith("(a)") and a.images_per_s:
+        for b in sides[1:]:
+            if b.images_per_s:
+                print(f"ratio (b)/(a), {b.name[4:]}: images/s {b.images_per_s / a.images_per_s:.2f}x, "
+                      f"trials/h {b.trials_per_hour / a.trials_per_hour:.2f}x")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -415,7 +429,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--num-train", type=int, default=None, help="Training images (50,000; tiny: 200)")
     parser.add_argument("--num-val", type=int, default=None, help="Validation images (10,000; tiny: 40)")
-    parser.add_argument("--slots", default="4", help="Service slots on the device: a number or auto")
+    parser.add_argument("--slots", default="4",
+                        help="Service slots on the device: a number or auto, or several separated by commas (one "
+                             "service run each)")
     parser.add_argument("--baseline-batch", type=int, default=None)
     parser.add_argument("--baseline-workers", type=int, default=None)
     parser.add_argument("--service-batch", type=int, default=None, help="Default: 512 for ViT-tiny, 1024 for ViT-S")
@@ -424,7 +440,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--skip-service", action="store_true")
     parser.add_argument("--service-timeout", type=float, default=3600.0)
-    parser.add_argument("--json", type=Path, help="Also write the figures to this file")
+    parser.add_argument("--json", type=Path, help="Also write the figures to this file (after every side)")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="Keep the data and each service's home (api.log, worker.log) here instead of a "
+                             "temporary folder removed at the end")
     args = parser.parse_args(argv)
     tiny = args.tiny
     args.models = args.models or ("tiny" if tiny else "vit_tiny,vit_s")
@@ -437,6 +456,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [m for m in models if m not in MODELS]
     if unknown:
         parser.error(f"unknown model(s) {unknown}; choose from {', '.join(MODELS)}")
+    slot_counts = [v.strip() for v in args.slots.split(",") if v.strip()]
+    bad = [v for v in slot_counts if v != "auto" and not (v.isdigit() and 1 <= int(v) <= 64)]
+    if bad or not slot_counts:
+        parser.error(f"--slots takes 1-64 or auto, comma-separated, got {args.slots!r}")
 
     import torch
 
@@ -450,8 +473,18 @@ def main(argv: list[str] | None = None) -> int:
         print("  (device not in worker.engine.stats.PEAK_FLOPS: MFU not shown)")
     lrs = learning_rates(args.trials)
     sampler = GpuSampler(args.device)
-    results: dict[str, Any] = {"device": name, "date": date.today().isoformat(), "args": vars(args) | {"json": None}}
-    work = Path(tempfile.mkdtemp(prefix="vitsweep-gpu-bench-"))
+    results: dict[str, Any] = {"device": name, "date": date.today().isoformat(),
+                               "args": vars(args) | {"json": None, "workdir": None}}
+
+    def save() -> None:
+        if args.json:
+            tmp = args.json.with_name(args.json.name + ".tmp")
+            tmp.write_text(json.dumps(results, indent=2, default=str))
+            os.replace(tmp, args.json)
+
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="vitsweep-gpu-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    failed = 0
     try:
         made = time.perf_counter()
         data = load_data(args, work / "data")
@@ -461,20 +494,34 @@ def main(argv: list[str] | None = None) -> int:
               f"{lrs[0]:g}..{lrs[-1]:g}")
         for model_name in models:
             sides: list[Side] = []
-            if not args.skip_baseline:
-                sides.append(run_studies_way(args, model_name, data, lrs, sampler))
-            if not args.skip_service:
-                sides.append(run_service(args, model_name, lrs, sampler, work / f"service-{model_name}", work / "data"))
-            for s in sides:
-                s.peak_flops = peak
-            print_table(model_name, sides)
-            results[model_name] = [s.as_dict() for s in sides]
+            results[model_name] = []
+            plan = ([] if args.skip_baseline else [None]) + ([] if args.skip_service else slot_counts)
+            for slots in plan:  # None: the studies' way
+                label = "(a) studies' way" if slots is None else f"(b) service, {slots} slot(s)"
+                try:
+                    if slots is None:
+                        side = run_studies_way(args, model_name, data, lrs, sampler)
+                    else:
+                        side = run_service(args, model_name, lrs, sampler, work / f"service-{model_name}-{slots}",
+                                           work / "data", slots)
+                except Exception as exc:  # one side failing leaves the others' figures standing
+                    failed += 1
+                    print(f"{label} failed: {type(exc).__name__}: {exc}", flush=True)
+                    results[model_name].append({"name": label, "error": f"{type(exc).__name__}: {exc}"})
+                    save()
+                    continue
+                side.peak_flops = peak
+                sides.append(side)
+                results[model_name].append(side.as_dict())
+                save()
+            if sides:
+                print_table(model_name, sides)
             sys.stdout.flush()
     finally:
-        shutil.rmtree(work, ignore_errors=True)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2, default=str))
-    if any(math.isnan(s["images_per_s"]) for m in models for s in results.get(m, [])):
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    save()
+    if failed or any(math.isnan(s["images_per_s"]) for m in models for s in results.get(m, []) if "error" not in s):
         return 1
     return 0
 

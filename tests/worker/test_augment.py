@@ -177,6 +177,7 @@ def test_generator_drives_everything() -> None:
         torch.random.set_rng_state(state)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("name", list_augments())
 def test_cuda(name: str) -> None:

@@ -151,6 +151,26 @@ def test_forward_flops_of_a_linear_layer() -> None:
     assert stats.count_params(model) == 12 * 5 + 5
 
 
+@pytest.mark.parametrize(("name", "arch"), [
+    ("vit", {"num_layers": 2, "num_heads": 2, "hidden_dim": 64, "mlp_dim": 128}),  # even heads: MHA's fast path
+    ("perceiver", {"depth": 1, "num_latents": 16, "latent_dim": 32}),  # parameters passed into submodules
+    ("perceiver_io", {"depth": 1, "num_latents": 16, "latent_dim": 32, "queries_dim": 32}),
+])
+def test_forward_flops_counts_what_training_runs(name: str, arch: dict[str, int]) -> None:
+    """The count is the one of a forward pass with autograd on, also where inference would take other paths."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from vitmodels import create_model
+
+    model = create_model(name, num_classes=4, img_size=16, **arch)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model.eval()(torch.zeros(1, 3, 16, 16))
+    assert stats.forward_flops(model, (3, 16, 16), CPU) == counter.get_total_flops() > 0
+    with torch.no_grad():  # also when the caller has autograd off
+        assert stats.forward_flops(model, (3, 16, 16), CPU) == counter.get_total_flops()
+
+
 def test_no_mfu_without_a_known_gpu() -> None:
     assert stats.mfu(1e6, 1e3, CPU, "bf16") is None
     assert stats.peak_memory_bytes(CPU) > 0

@@ -36,13 +36,19 @@ def count_params(model: nn.Module) -> int:
 
 
 def forward_flops(model: nn.Module, input_shape: tuple[int, ...], device: torch.device) -> int:
-    """FLOPs of one forward pass on one input of ``input_shape`` ([C,H,W]), in eval mode."""
+    """FLOPs of one forward pass on one input of ``input_shape`` ([C,H,W]), in eval mode.
+
+    Counted with autograd on, as training runs: without it ``nn.MultiheadAttention`` (torchvision's ViT) takes
+    its fused inference path, whose projections the counter cannot see (a third of ViT-S's FLOPs went
+    missing, and its MFU with them), and models that pass parameters into submodules (perceiver) break the
+    counter's module tracking.
+    """
     was_training = model.training
     model.eval()
     try:
         x = torch.zeros(1, *input_shape, device=device)
         counter = FlopCounterMode(display=False)
-        with torch.no_grad(), counter:
+        with torch.enable_grad(), counter:
             model(x)
         return int(counter.get_total_flops())
     finally:
