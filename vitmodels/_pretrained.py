@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from ._wrap import Classifier
@@ -69,6 +68,8 @@ def _resample_tokens(value: torch.Tensor, target: torch.Tensor) -> torch.Tensor 
     prefix = old - old_side**2
     if prefix != new - new_side**2 or prefix >= min(old_side, new_side):
         return None
+    from timm.layers import resample_abs_pos_embed
+
     resized = resample_abs_pos_embed(
         value, [new_side, new_side], [old_side, old_side], num_prefix_tokens=prefix
     )

@@ -1,5 +1,8 @@
 """timm-backed backbones: any timm model by name (``timm:<name>``) or by class, headless, in a Classifier.
 
+timm is imported where a model is built, not with the package: importing it pulls torchvision's feature
+extraction and TorchDynamo (seconds per process), which the API, the CLI and the supervisor never need.
+
 timm models are built with ``num_classes=0`` so their ``forward`` returns the pooled pre-logits vector; our
 :class:`Classifier` adds the code layer and head, so every family shares one head layout.
 """
@@ -9,7 +12,6 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-import timm
 import torch
 from torch import nn
 
@@ -83,6 +85,8 @@ def build_timm(
         )
     try:
         if variant is not None:
+            import timm
+
             return timm.create_model(variant, pretrained=False, num_classes=0, **named, **extra)
         return cls(num_classes=0, **named, **extra)
     except (AssertionError, TypeError, RuntimeError) as exc:
@@ -92,6 +96,8 @@ def build_timm(
 
 def _accepted_keywords(name: str) -> list[str]:
     """Constructor keywords of timm model ``name``'s class, found by building its default on the meta device."""
+    import timm
+
     with torch.device("meta"):
         model = timm.create_model(name, pretrained=False, num_classes=0)
     params = inspect.signature(type(model).__init__).parameters
@@ -102,6 +108,8 @@ def create_timm_classifier(
     name: str, *, num_classes: int, img_size: int, in_chans: int, code_size: int | None, **arch: Any
 ) -> Classifier:
     """Any timm model by name, randomly initialised; ``img_size`` is passed only to models that take it."""
+    import timm
+
     if not timm.is_model(name):
         raise UnknownModelError(f"unknown timm model {name!r}; see timm.list_models() for valid names")
     options = sorted(set(arch) & _FACTORY_OPTIONS)

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from timm.models.convmixer import ConvMixer
-
 from ._checks import check_divides, check_positive
 from ._registry import register_model
 from ._timm import build_timm, wrap_timm
@@ -34,6 +32,8 @@ def convmixer(
     check_positive(dim=dim, depth=depth, kernel_size=kernel_size, patch_size=patch_size)
     check_divides("patch_size", patch_size, "img_size", img_size)
     named = dict(in_chans=in_chans, dim=dim, depth=depth, kernel_size=kernel_size, patch_size=patch_size)
+    from timm.models.convmixer import ConvMixer
+
     backbone = build_timm(ConvMixer, "convmixer", named, arch)
     resolved = dict(dim=dim, depth=depth, kernel_size=kernel_size, patch_size=patch_size)
     return wrap_timm(backbone, num_classes=num_classes, code_size=code_size, arch={**resolved, **arch})

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from timm.models.efficientnet import EfficientNet
-
 from ._registry import register_model
 from ._timm import build_timm, wrap_timm
 from ._wrap import Classifier
@@ -29,6 +27,8 @@ def efficientnetv2_b0(
 ) -> Classifier:
     """timm ``tf_efficientnetv2_b0``, randomly initialised (start from weights with ``pretrained``)."""
     named = dict(in_chans=in_chans, drop_rate=drop_rate, drop_path_rate=drop_path_rate)
+    from timm.models.efficientnet import EfficientNet
+
     backbone = build_timm(EfficientNet, "efficientnetv2_b0", named, arch, variant="tf_efficientnetv2_b0")
     resolved = dict(drop_rate=drop_rate, drop_path_rate=drop_path_rate)
     return wrap_timm(backbone, num_classes=num_classes, code_size=code_size, arch={**resolved, **arch})

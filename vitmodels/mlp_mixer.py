@@ -10,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from timm.models.mlp_mixer import MlpMixer
-
 from ._checks import check_divides, check_positive
 from ._registry import register_model
 from ._timm import build_timm, wrap_timm
@@ -60,6 +58,8 @@ def build_mixer(
         embed_dim=embed_dim,
         mlp_ratio=_check_mlp_ratio(mlp_ratio),
     )
+    from timm.models.mlp_mixer import MlpMixer
+
     backbone = build_timm(MlpMixer, model, named, arch)
     resolved = {k: v for k, v in named.items() if k not in ("img_size", "in_chans")}
     return wrap_timm(backbone, num_classes=num_classes, code_size=code_size, arch={**resolved, **arch})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from torch import nn
-from torchvision.models.resnet import BasicBlock, ResNet
 
 from ._checks import check_bool
 from ._registry import register_model
@@ -30,6 +29,8 @@ def resnet18(
         cifar_stem = img_size < CIFAR_STEM_BELOW
     check_bool(cifar_stem=cifar_stem, zero_init_residual=zero_init_residual)
     # groups and width_per_group are not offered: torchvision's BasicBlock supports only their defaults.
+    from torchvision.models.resnet import BasicBlock, ResNet
+
     model = ResNet(BasicBlock, [2, 2, 2, 2], num_classes=1, zero_init_residual=zero_init_residual)
     if cifar_stem:
         model.conv1 = nn.Conv2d(in_chans, 64, kernel_size=3, stride=1, padding=1, bias=False)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from timm.models.swin_transformer import SwinTransformer
-
 from ._checks import check_divides, check_positive, check_probability, check_sequence
 from ._registry import register_model
 from ._timm import build_timm, wrap_timm
@@ -98,6 +96,8 @@ def swin(
         attn_drop_rate=attn_drop_rate,
         drop_path_rate=drop_path_rate,
     )
+    from timm.models.swin_transformer import SwinTransformer
+
     backbone = build_timm(SwinTransformer, "swin", named, arch)
     resolved = {k: v for k, v in named.items() if k not in ("img_size", "in_chans")}
     return wrap_timm(backbone, num_classes=num_classes, code_size=code_size, arch={**resolved, **arch})

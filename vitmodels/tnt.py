@@ -11,7 +11,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from timm.models.tnt import TNT as TimmTNT
 from torch import nn
 from transformer_in_transformer import TNT
 
@@ -112,6 +111,8 @@ def tnt_s(
     check_positive(patch_size=patch_size)
     check_divides("patch_size", patch_size, "img_size", img_size)
     named = dict(img_size=img_size, in_chans=in_chans, patch_size=patch_size)
+    from timm.models.tnt import TNT as TimmTNT
+
     backbone = build_timm(TimmTNT, "tnt_s", named, arch, variant="tnt_s_patch16_224")
     return wrap_timm(
         backbone, num_classes=num_classes, code_size=code_size, arch={"patch_size": patch_size, **arch}

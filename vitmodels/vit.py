@@ -8,16 +8,18 @@ and drop the head so the backbone returns the class token.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from einops import rearrange
 from torch import nn
-from torchvision.models.vision_transformer import VisionTransformer
 
 from ._checks import check_choice, check_divides, check_positive, check_probability
 from ._registry import register_model
 from ._wrap import Classifier
+
+if TYPE_CHECKING:  # torchvision.models is imported where a ViT is built (it pulls TorchDynamo in)
+    from torchvision.models.vision_transformer import VisionTransformer
 
 __all__ = ["LinearPatchEmbed", "PatchEmbedding", "ViTBackbone", "build_vit_backbone", "check_vit_args"]
 
@@ -103,6 +105,8 @@ def build_vit_backbone(
         attention_dropout=attention_dropout,
     )
     check_choice("patch_embedding", patch_embedding, ("conv", "linear"))
+    from torchvision.models.vision_transformer import VisionTransformer
+
     model = VisionTransformer(
         image_size=img_size,
         patch_size=patch_size,

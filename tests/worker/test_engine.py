@@ -24,7 +24,7 @@ SMALL_CNN = {"width": 16, "depth": 2, "hidden_dim": 64}
 TIMING_KEYS = {"epoch_seconds", "images_per_second", "data_wait"}
 EPOCH_KEYS = {"train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds", "images_per_second", "data_wait",
               "inputs_seen"}
-SUMMARY_KEYS = {"params", "flops_per_image", "peak_memory_bytes", "svc_acc", "best_val_acc", "best_epoch",
+SUMMARY_KEYS = {"param_count", "flops_per_image", "peak_memory_bytes", "svc_acc", "best_val_acc", "best_epoch",
                 "final_train_acc", "final_val_loss", "seconds_per_epoch", "images_per_second", "inputs_seen"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -186,7 +186,7 @@ def test_summary(vit_run: VitRun) -> None:
     assert SUMMARY_KEYS <= set(s), SUMMARY_KEYS - set(s)
     assert "mfu" not in s  # GPU only
     model = make_model(vit_run.spec)
-    assert s["params"] == sum(p.numel() for p in model.parameters())
+    assert s["param_count"] == sum(p.numel() for p in model.parameters())
     # Patch embedding alone is 16 patches x (16 -> 64) multiply-adds: a lower bound on the forward FLOPs.
     assert 2 * 16 * 16 * 64 < s["flops_per_image"] < 1e8
     assert 50e6 < s["peak_memory_bytes"] < 64e9
