@@ -190,3 +190,9 @@ def client(settings, backends):  # type: ignore[no-untyped-def]
 
 SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 """For tests that exercise no storage (input checks, schemas, the catalog): one backend is enough."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The slow tests first (longest first is what keeps parallel workers busy to the end): each worker process
+    then fills in with the quick ones, instead of one slow test running alone at the end of the suite."""
+    items.sort(key=lambda item: 0 if item.get_closest_marker("slow") else 1)

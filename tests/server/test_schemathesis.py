@@ -65,6 +65,7 @@ def _fuzz(label: str, strategy: Any, check: Callable[[str, Any], None], examples
     run()
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_no_5xx_and_every_4xx_has_a_message(app: Any) -> None:
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)

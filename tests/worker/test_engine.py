@@ -442,6 +442,7 @@ def test_unfused_attention_runs_the_math_kernel(small: DatasetSplits, tmp_path: 
     assert result.final["train_loss"] == pytest.approx(reference.final["train_loss"], rel=1e-3)
 
 
+@pytest.mark.slow
 def test_compiled_trial_matches_eager_and_the_next_trial_reuses_the_cache(
     small: DatasetSplits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
