@@ -47,4 +47,4 @@ def slug(params: dict[str, Any]) -> str:
     for key, value in zip(keys, params.values(), strict=True):
         text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
         parts.append(f"{key}-{text}")
-    return re.sub(r"[^A-Za-z0-9._=-]+", "", "_".join(parts))[:200]
+    return re.sub(r"[^A-Za-z0-9._=,-]+", "", "_".join(parts))[:200]  # commas keep [2, 2] apart from [22]
