@@ -204,8 +204,8 @@ def suggest_params(
     study = _study_for_trial(storage, name, spec, trial_number=trial_number, fixed=encoded_fixed)
     trial = optuna.Trial(study, optuna_trial_id)
     if fixed is not None:
-        for path, dist in dists.items():
-            _suggest(trial, path, dist)
+        for path in fixed:  # a matrix include point may set only some of the grid's paths
+            _suggest(trial, path, dists[path])
         return trial, dict(fixed)  # exact values as written in the spec (e.g. 4 stays an int)
     choices = _choices(spec)
     params: dict[str, Any] = {}

@@ -50,7 +50,7 @@ def create_sweep(backends: Backends, spec: ExperimentSpec) -> Sweep:
         session.add(sweep)
         session.flush()
         session.add_all(
-            Trial(sweep_id=sweep.id, number=i, params=p, slug=slug(p) if p is not None else None, state=TrialState.queued)
+            Trial(sweep_id=sweep.id, number=i, params=p, slug=slug(p) if p else None, state=TrialState.queued)
             for i, p in enumerate(points)
         )
         sweep_id = sweep.id

@@ -88,7 +88,7 @@ def curves(trials: Sequence[Trial], histories: Histories, metric: str, best: int
 def _space(spec: ExperimentSpec) -> dict[str, Any]:
     if spec.search is not None:
         return dict(spec.search.space)
-    return {p: CategoricalParam(type="categorical", choices=v) for p, v in (spec.matrix or {}).items()}
+    return {p: CategoricalParam(type="categorical", choices=v) for p, v in spec.grid_axes().items()}
 
 
 def against_params(spec: ExperimentSpec, trials: Sequence[Trial], best: int | None) -> list[Figure]:

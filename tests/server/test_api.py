@@ -52,6 +52,23 @@ def test_matrix_trials_named_by_slug(client) -> None:  # type: ignore[no-untyped
     assert trials[3]["params"] == {"train.lr": 0.01, "train.batch_size": 32}
 
 
+def test_matrix_include_points_and_a_single_run_queue_exactly_their_trials(client) -> None:  # type: ignore[no-untyped-def]
+    include = [{"train.lr": 0.001, "train.batch_size": 16}, {"model": {"name": "cnn", "arch": {"width": 8}}}]
+    spec = quick_spec(search=None, matrix={"train.seed": [0, 1], "exclude": [{"train.seed": 1}], "include": include})
+    r = client.post("/api/v1/sweeps", json=spec)
+    assert r.status_code == 201, r.text
+    trials = client.get(f"/api/v1/sweeps/{r.json()['id']}/trials").json()
+    # the first include extends the one combination left (seed 0); the second contradicts nothing either
+    assert [t["params"] for t in trials] == [{"train.seed": 0, **include[0], **include[1]}]
+    only = quick_spec(name="points", search=None, matrix={"include": include})
+    trials = client.get(f"/api/v1/sweeps/{client.post('/api/v1/sweeps', json=only).json()['id']}/trials").json()
+    assert [t["params"] for t in trials] == include
+    single = client.post("/api/v1/sweeps", json=quick_spec(name="one-run", search=None))
+    assert single.status_code == 201 and single.json()["n_trials"] == 1, single.text
+    (trial,) = client.get(f"/api/v1/sweeps/{single.json()['id']}/trials").json()
+    assert trial["params"] == {} and trial["state"] == "queued"
+
+
 def test_list_paginates_and_filters(client) -> None:  # type: ignore[no-untyped-def]
     ids = [client.post("/api/v1/sweeps", json=quick_spec(name=f"s{i}")).json()["id"] for i in range(3)]
     page = client.get("/api/v1/sweeps", params={"limit": 2}).json()
@@ -109,7 +126,13 @@ BAD_SPECS = [
      ["body", "search", "n_trials"], "greater than or equal to 1"),
     (json.dumps(quick_spec(search=None, matrix={"train.lr": []})), "application/json", 422, ["body", "matrix"], "empty list"),
     (json.dumps(quick_spec(search=None, matrix={})), "application/json", 422, ["body", "matrix"], "empty"),
-    (json.dumps(quick_spec(search=None)), "application/json", 422, ["body"], "exactly one of"),
+    (json.dumps(quick_spec(matrix={"train.lr": [0.1]})), "application/json", 422, ["body"], "at most one of"),
+    (json.dumps(quick_spec(search=None, matrix={"include": [{"train.lr": 0.1}, {"train.nope": 1}]})), "application/json",
+     422, ["body", "matrix", "include", 1, "train.nope"], "has no field"),
+    (json.dumps(quick_spec(search=None, matrix={"train.lr": [0.1], "exclude": [{"train.seed": 1}]})), "application/json",
+     422, ["body", "matrix"], "exclude removes combinations of: train.lr"),
+    (json.dumps(quick_spec(search=None, matrix={"include": [{"model": {"name": "vit", "arch": {"patch_size": 3}}}]})),
+     "application/json", 422, ["body", "matrix", "include", 0, "model"], "patch_size"),
     (json.dumps(quick_spec(search=None, matrix={"train.nope": [1]})), "application/json", 422,
      ["body", "matrix", "train.nope"], "has no field"),
     (json.dumps(quick_spec(search=None, matrix={"train.lr": [-1.0]})), "application/json", 422,

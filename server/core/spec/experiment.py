@@ -1,19 +1,21 @@
 """``ExperimentSpec``: the whole spec, with the views the store, the studies and the worker read off it.
 
-A spec holds either a ``search`` (an Optuna study over ``space``) or a ``matrix`` (every combination one
-trial). Both address fields by dotted paths such as ``train.lr`` or ``model.arch.num_layers``.
+A spec holds a ``search`` (an Optuna study over ``space``), a ``matrix`` (its points, one trial each: see
+``matrix``), or neither (a single run). Both address fields by dotted paths such as ``train.lr`` or
+``model.arch.num_layers``.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
 from server.core.objectives import Direction
-from server.core.spec.limits import MAX_LIST, MAX_TRIALS, check_value
+from server.core.spec import matrix as matrices
 from server.core.spec.paths import set_path
 from server.core.spec.search import CategoricalParam, SearchSpec
 from server.core.spec.sections import DatasetSpec, ModelSpec, Strict, TrainSpec
@@ -28,30 +30,20 @@ class ExperimentSpec(Strict):
     model: ModelSpec
     train: TrainSpec = Field(default_factory=lambda: TrainSpec())
     search: SearchSpec | None = None
-    matrix: dict[str, list[Any]] | None = Field(None, max_length=16)
+    matrix: dict[str, Any] | None = Field(
+        None,
+        description="Paths mapped to lists (their product), with GitHub Actions' include and exclude lists of points.",
+    )
 
     @field_validator("matrix")
     @classmethod
-    def _matrix_lists(cls, value: dict[str, list[Any]] | None) -> dict[str, list[Any]] | None:
-        if value is None:
-            return None
-        if not value:
-            raise ValueError("the matrix is empty; give at least one path with a list of values")
-        for path, values in value.items():
-            if not values:
-                raise ValueError(f"matrix entry {path!r} is an empty list; give at least one value")
-            if len(values) > MAX_LIST:
-                raise ValueError(f"matrix entry {path!r} has {len(values)} values, at most {MAX_LIST}")
-            for i, item in enumerate(values):
-                check_value(item, f"{path}[{i}]")
-        return value
+    def _matrix_shape(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if value is None else matrices.check_matrix(value)
 
     @model_validator(mode="after")
     def _one_plan(self) -> ExperimentSpec:
-        if (self.search is None) == (self.matrix is None):
-            raise ValueError("give exactly one of 'search' or 'matrix'")
-        if self.matrix is not None and math.prod(len(v) for v in self.matrix.values()) > MAX_TRIALS:
-            raise ValueError(f"the matrix has more than {MAX_TRIALS} combinations")
+        if self.search is not None and self.matrix is not None:
+            raise ValueError("give at most one of 'search' or 'matrix' (neither: a single run)")
         return self
 
     # -- derived views ------------------------------------------------------------------------------------
@@ -87,33 +79,57 @@ class ExperimentSpec(Strict):
 
     @property
     def is_grid(self) -> bool:
-        """Grids (a matrix, or the grid sampler) fix every trial's values when the sweep is created."""
-        return self.matrix is not None or (self.search is not None and self.search.sampler == "grid")
+        """Grids (a matrix, the grid sampler, or a single run) fix every trial's values when the sweep is
+        created."""
+        return self.search is None or self.search.sampler == "grid"
 
     def grid_axes(self) -> dict[str, list[Any]]:
-        if self.matrix is not None:
-            return self.matrix
-        assert self.search is not None
-        return {p: list(d.choices) for p, d in self.search.space.items() if isinstance(d, CategoricalParam)}
+        """Every path a grid sets, with the distinct values its points give it (Optuna's distributions)."""
+        if self.search is not None:
+            return {p: list(d.choices) for p, d in self.search.space.items() if isinstance(d, CategoricalParam)}
+        out: dict[str, dict[str, Any]] = {}
+        for point in self.grid_points():
+            for path, value in point.items():
+                out.setdefault(path, {}).setdefault(json.dumps(value, sort_keys=True), value)
+        return {p: list(values.values()) for p, values in out.items()}
 
     def grid_points(self) -> list[dict[str, Any]]:
-        """Every combination of the grid, in a stable order."""
+        """Every point of the grid, in a stable order (a single run is one empty point)."""
+        return [point for point, _ in self.grid_origins()]
+
+    def grid_origins(self) -> list[tuple[dict[str, Any], int | None]]:
+        """Every point of the grid with the matrix ``include`` entry that made it (None: a combination)."""
+        if self.matrix is not None:
+            return matrices.expand(self.matrix)
+        if self.search is None:
+            return [({}, None)]
         axes = self.grid_axes()
-        return [dict(zip(axes, combo, strict=True)) for combo in itertools.product(*axes.values())]
+        return [(dict(zip(axes, combo, strict=True)), None) for combo in itertools.product(*axes.values())]
 
     def planned_trials(self) -> int:
-        if self.is_grid:
+        """How many trials the plan makes, counted without making them."""
+        if self.matrix is not None:
+            return len(matrices.expand(self.matrix))
+        if self.search is None:
+            return 1
+        if self.search.sampler == "grid":
             return math.prod(len(v) for v in self.grid_axes().values())
-        assert self.search is not None
         return self.search.n_trials
 
     def searched_paths(self) -> list[str]:
-        """The dotted paths the plan varies: the matrix's axes or the search space's parameters."""
-        return list(self.matrix) if self.matrix is not None else list(self.search.space)  # type: ignore[union-attr]
+        """The dotted paths the plan varies: the matrix's paths or the search space's parameters."""
+        if self.matrix is not None:
+            return matrices.paths(self.matrix)
+        return list(self.search.space) if self.search is not None else []
 
-    def plan_loc(self, path: str) -> tuple[str, ...]:
-        """Where ``path`` is written in this spec: ``("matrix", path)`` or ``("search", "space", path)``."""
-        return ("matrix", path) if self.matrix is not None else ("search", "space", path)
+    def plan_loc(self, path: str, origin: int | None = None) -> tuple[str | int, ...]:
+        """Where ``path`` is written in this spec: ``("matrix", path)``, ``("matrix", "include", i, path)`` for
+        the ``include`` entry ``origin``, or ``("search", "space", path)``."""
+        if self.matrix is not None:
+            if origin is not None and path in self.matrix.get(matrices.INCLUDE, [])[origin]:
+                return ("matrix", matrices.INCLUDE, origin, path)
+            return ("matrix", path)
+        return ("search", "space", path)
 
     def resolve(self, params: dict[str, Any]) -> ExperimentSpec:
         """This spec with the trial's ``params`` (dotted paths) written in; validated again.
@@ -128,8 +144,6 @@ class ExperimentSpec(Strict):
         by_model = model.pop("arch_by_model", None) or {}
         if isinstance(model.get("arch"), dict):
             model["arch"] = {**model["arch"], **(by_model.get(model.get("name")) or {})}
-        if data.get("search") is None:
-            data["matrix"] = {"_": [0]}  # resolved specs are single trials; keep the one-plan rule satisfied
         resolved = ExperimentSpec.model_validate(data)
         resolved.matrix = None
         return resolved

@@ -25,7 +25,7 @@ MAX_CHECKED_POINTS = 256
 
 def search_corners(spec: ExperimentSpec) -> list[tuple[dict[str, Any], str | None]]:
     """Points that together touch every bound and choice of the space, each with the path it varies
-    (None for the base point): enough to check that the whole space is valid."""
+    (None for the base point): enough to check that the whole space is valid. A grid's are all its points."""
     if spec.is_grid:
         return [(p, None) for p in spec.grid_points()]
     assert spec.search is not None
@@ -44,8 +44,13 @@ def search_corners(spec: ExperimentSpec) -> list[tuple[dict[str, Any], str | Non
 
 def model_choices(spec: ExperimentSpec) -> list[Any]:
     """Every value ``model.name`` can take in this sweep."""
-    if spec.matrix is not None and "model.name" in spec.matrix:
-        return list(spec.matrix["model.name"])
+    if spec.matrix is not None:
+        names: dict[str, None] = {}
+        for point in spec.grid_points():
+            block = point.get("model")
+            name = point.get("model.name", block.get("name") if isinstance(block, dict) else spec.model.name)
+            names[name if isinstance(name, str) else repr(name)] = None
+        return list(names)
     if spec.search is not None:
         dist = spec.search.space.get("model.name")
         if isinstance(dist, CategoricalParam):
@@ -66,50 +71,69 @@ def validate_plan(spec: ExperimentSpec, catalog: Catalog, *, build_model: bool =
         _check_search_options(spec.search)
     for path in paths:
         try:
-            check_path(path)
+            check_path(path, block=spec.matrix is not None)
         except ValueError as exc:
-            raise SpecError(spec.plan_loc(path), str(exc)) from None
+            raise SpecError(spec.plan_loc(path, _origin_of(spec, path)), str(exc)) from None
     _check_arch_blocks(spec, paths)
     seen: set[str] = set()
-    for point, varied in search_corners(spec)[:MAX_CHECKED_POINTS]:
+    corners = (
+        [(p, None, origin) for p, origin in spec.grid_origins()]
+        if spec.matrix is not None
+        else [(p, varied, None) for p, varied in search_corners(spec)]
+    )
+    for point, varied, origin in corners[:MAX_CHECKED_POINTS]:
         try:
             resolved = spec.resolve(point)
-        except ValidationError as exc:
+        except (ValidationError, ValueError) as exc:
+            if not isinstance(exc, ValidationError):  # set_path: a path through a value that is not a section
+                culprit = next(iter(point), "")
+                raise SpecError(spec.plan_loc(culprit, origin), str(exc)) from None
             err = exc.errors()[0]
             path = ".".join(str(p) for p in err["loc"])
             culprit = next((p for p in point if path.startswith(p) or p.startswith(path)), path)
-            raise SpecError(spec.plan_loc(culprit), f"{path} = {point.get(culprit)!r}: {err['msg']}") from None
-        _check_names(spec, resolved, point, catalog)
+            raise SpecError(spec.plan_loc(culprit, origin), f"{path} = {point.get(culprit)!r}: {err['msg']}") from None
+        _check_names(spec, resolved, point, catalog, origin)
         if not build_model:
             continue
         key = json.dumps([resolved.model.model_dump(mode="json"), resolved.dataset.img_size, resolved.dataset.in_chans])
         if key in seen:
             continue
         seen.add(key)
-        _check_model(spec, resolved, point, varied)
+        _check_model(spec, resolved, point, varied, origin)
 
 
-def _blame(spec: ExperimentSpec, point: dict[str, Any], field: str, default: tuple[str, ...]) -> tuple[str, ...]:
+def _origin_of(spec: ExperimentSpec, path: str) -> int | None:
+    """The first matrix ``include`` entry that sets ``path``, when no product axis does."""
+    if spec.matrix is None or path in spec.matrix:
+        return None
+    return next((i for i, inc in enumerate(spec.matrix.get("include", [])) if path in inc), None)
+
+
+def _blame(
+    spec: ExperimentSpec, point: dict[str, Any], field: str, default: tuple[str, ...], origin: int | None = None
+) -> tuple[str | int, ...]:
     """The plan entry that set ``field`` (a dotted prefix such as ``dataset.name``) at ``point``, else ``default``."""
     culprit = next((p for p in point if p == field or p.startswith(field + ".") or field.startswith(p + ".")), None)
-    return spec.plan_loc(culprit) if culprit is not None else default
+    return spec.plan_loc(culprit, origin) if culprit is not None else default
 
 
-def _check_names(spec: ExperimentSpec, resolved: ExperimentSpec, point: dict[str, Any], catalog: Catalog) -> None:
+def _check_names(
+    spec: ExperimentSpec, resolved: ExperimentSpec, point: dict[str, Any], catalog: Catalog, origin: int | None = None
+) -> None:
     """The dataset, its options and the augmentation preset are ones the worker has."""
     ds = resolved.dataset
     datasets = list(catalog.datasets())
     if ds.name not in datasets:
-        raise SpecError(_blame(spec, point, "dataset.name", ("dataset", "name")),
+        raise SpecError(_blame(spec, point, "dataset.name", ("dataset", "name"), origin),
                         f"unknown dataset {ds.name!r}; valid: {', '.join(datasets)}")
     allowed = catalog.dataset_options(ds.name)
     unknown = sorted(set(ds.options) - set(allowed))
     if unknown:
-        raise SpecError(_blame(spec, point, "dataset.options", ("dataset", "options")),
+        raise SpecError(_blame(spec, point, "dataset.options", ("dataset", "options"), origin),
                         f"unknown option(s) {', '.join(unknown)} for dataset {ds.name!r}; valid: {', '.join(sorted(allowed))}")
     augments = list(catalog.augments())
     if ds.augment not in augments:
-        raise SpecError(_blame(spec, point, "dataset.augment", ("dataset", "augment")),
+        raise SpecError(_blame(spec, point, "dataset.augment", ("dataset", "augment"), origin),
                         f"unknown augment preset {ds.augment!r}; valid: {', '.join(augments)}")
 
 
@@ -141,7 +165,9 @@ def _check_search_options(search: SearchSpec) -> None:
             raise SpecError(("search", field), f"{field.split('_')[0]} {kind!r} refuses these options: {exc}") from None
 
 
-def _check_model(spec: ExperimentSpec, resolved: ExperimentSpec, point: dict[str, Any], varied: str | None) -> None:
+def _check_model(
+    spec: ExperimentSpec, resolved: ExperimentSpec, point: dict[str, Any], varied: str | None, origin: int | None = None
+) -> None:
     """Build the model on the meta device: catches bad architectures without allocating anything."""
     import torch
 
@@ -160,9 +186,11 @@ def _check_model(spec: ExperimentSpec, resolved: ExperimentSpec, point: dict[str
     except (ValueError, TypeError) as exc:
         # Blame the searched path that made this point differ from a buildable one; the base spec otherwise.
         if spec.matrix is not None:
-            culprit = varied or next((p for p in point if p.startswith("model.")), None)
+            # an include entry's own paths first: the product's values are the same in every other point
+            own = list(spec.matrix["include"][origin]) if origin is not None else []
+            culprit = varied or next((p for p in [*own, *point] if p == "model" or p.startswith("model.")), None)
         else:
             culprit = varied
-        loc = spec.plan_loc(culprit) if culprit is not None else ("model", "arch")
+        loc = spec.plan_loc(culprit, origin) if culprit is not None else ("model", "arch")
         where = f" with {point}" if point else ""
         raise SpecError(loc, f"model {resolved.model.name!r} cannot be built{where}: {exc}") from None

@@ -131,8 +131,14 @@ class TrainSpec(Strict):
 SECTION_MODELS: dict[str, type[BaseModel]] = {"dataset": DatasetSpec, "model": ModelSpec, "train": TrainSpec}
 
 
-def check_path(path: str) -> None:
-    """A searchable path names a field of dataset, model or train (arch and options keys are free)."""
+def check_path(path: str, *, block: bool = False) -> None:
+    """A searchable path names a field of dataset, model or train (arch and options keys are free).
+
+    With ``block`` (a matrix point), a path may also name a whole section (``model``) or free-form mapping
+    (``model.arch``): the point's value replaces it.
+    """
+    if block and (path in SECTIONS or path.partition(".")[0] in SECTIONS and path.partition(".")[2] in FREE_FIELDS):
+        return
     check_path_syntax(path)
     keys = path.split(".")
     if len(keys) < 2 or keys[0] not in SECTIONS or not all(keys):
