@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -30,6 +31,7 @@ def create_model(
     in_chans: int = 3,
     code_size: int | None = None,
     pretrained: str | os.PathLike[str] | None = None,
+    stn: bool | Mapping[str, int] | None = None,
     **arch: Any,
 ) -> nn.Module:
     """Build model ``name`` for ``img_size`` square inputs with ``in_chans`` channels.
@@ -43,6 +45,8 @@ def create_model(
         in_chans: input channels.
         code_size: width of an extra Linear before the head; its output becomes the embedding.
         pretrained: a local weights file to start from (the head is replaced, position embeddings resized).
+        stn: put a spatial transformer in front of the model (true, or ``{channels, hidden}`` of its
+            localisation net); its warp starts at the identity. Pretrained weights load into the model behind it.
         **arch: keywords of the upstream constructor, e.g. ``patch_size`` or ``depths``.
 
     Raises:
@@ -76,6 +80,14 @@ def create_model(
         from ._pretrained import load_pretrained
 
         load_pretrained(model, pretrained)
+    if stn:
+        from .vit_stn import add_spatial_transformer
+
+        options = dict(stn) if isinstance(stn, Mapping) else {}
+        unknown = sorted(set(options) - {"channels", "hidden"})
+        if unknown:
+            raise InvalidArchError(f"unknown stn option(s) {', '.join(unknown)}; accepted: channels, hidden")
+        model = add_spatial_transformer(model, img_size=img_size, in_chans=in_chans, **options)
     return model
 
 

@@ -2,8 +2,9 @@
 
 The image becomes a set of tokens (``tokens``): one per pixel or per patch, each with Fourier features of its
 position, or a single ``flat`` token of all ``C*H*W`` values. Latents cross-attend to them once, self-attend
-``depth`` times, and one learned query decodes the latents; the decoded query is the embedding and the
-classifier maps it to logits.
+``depth`` times, and one query decodes the latents; the decoded query is the embedding and the classifier maps
+it to logits. The query is learned, or (``query="fixed"``) a random tensor drawn once at build time and kept
+as a buffer (saved with the model, never trained).
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from ._registry import register_model
 from ._wrap import Classifier
 from .perceiver import check_perceiver_args
 
-__all__ = ["ImageTokens", "PerceiverIOBackbone", "Tokens"]
+__all__ = ["ImageTokens", "PerceiverIOBackbone", "Query", "Tokens"]
 
 Tokens = Literal["pixels", "patches", "flat"]
+Query = Literal["learned", "fixed"]
 
 
 class ImageTokens(nn.Module):
@@ -67,13 +69,20 @@ class ImageTokens(nn.Module):
 
 
 class PerceiverIOBackbone(nn.Module):
-    """Tokens, PerceiverIO, and one learned query decoded from the latents: ``[B, queries_dim]``."""
+    """Tokens, PerceiverIO, and one query (learned or fixed) decoded from the latents: ``[B, queries_dim]``."""
 
-    def __init__(self, tokenizer: ImageTokens, perceiver_io: PerceiverIO, queries_dim: int) -> None:
+    query: torch.Tensor
+
+    def __init__(
+        self, tokenizer: ImageTokens, perceiver_io: PerceiverIO, queries_dim: int, query: Query = "learned"
+    ) -> None:
         super().__init__()
         self.tokenizer = tokenizer
         self.perceiver_io = perceiver_io
-        self.query = nn.Parameter(torch.randn(1, queries_dim))
+        if query == "learned":
+            self.query = nn.Parameter(torch.randn(1, queries_dim))
+        else:
+            self.register_buffer("query", torch.randn(1, queries_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.perceiver_io(self.tokenizer(x), queries=self.query)[:, 0]
@@ -102,9 +111,12 @@ def perceiver_io(
     weight_tie_layers: bool = False,
     decoder_ff: bool = False,
     seq_dropout_prob: float = 0.0,
+    query: Query = "learned",
 ) -> Classifier:
-    """PerceiverIO classifier; ``patch_size`` applies to ``tokens="patches"``, Fourier keywords to all but flat."""
+    """PerceiverIO classifier; ``patch_size`` applies to ``tokens="patches"``, Fourier keywords to all but flat;
+    ``query`` is a learned parameter or a fixed random buffer."""
     check_choice("tokens", tokens, ("pixels", "patches", "flat"))
+    check_choice("query", query, ("learned", "fixed"))
     check_perceiver_args(
         num_freq_bands=num_freq_bands,
         max_freq=max_freq,
@@ -148,4 +160,5 @@ def perceiver_io(
         decoder_ff=decoder_ff,
         seq_dropout_prob=seq_dropout_prob,
     )
-    return Classifier(PerceiverIOBackbone(tokenizer, model, queries_dim), queries_dim, num_classes, code_size)
+    backbone = PerceiverIOBackbone(tokenizer, model, queries_dim, query)
+    return Classifier(backbone, queries_dim, num_classes, code_size)

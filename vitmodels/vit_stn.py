@@ -18,7 +18,7 @@ from ._wrap import Classifier
 from .exceptions import InvalidArchError
 from .vit import PatchEmbedding, build_vit_backbone
 
-__all__ = ["Localisation", "STNClassifier", "SpatialTransformer"]
+__all__ = ["Localisation", "STNClassifier", "SpatialTransformer", "add_spatial_transformer"]
 
 # Two 2x2 max-pools in the localisation net need at least this many pixels.
 MIN_IMG_SIZE = 4
@@ -82,6 +82,26 @@ class STNClassifier(Classifier):
     def last_warped(self) -> torch.Tensor | None:
         """The warped input of the latest forward pass (detached)."""
         return self.backbone.last_warped
+
+
+def add_spatial_transformer(model: nn.Module, *, img_size: int, in_chans: int, channels: int = 8,
+                            hidden: int = 32) -> STNClassifier:
+    """Put a spatial transformer in front of any :class:`Classifier`'s backbone, keeping its code layer and head.
+
+    The localisation net starts at the identity transform, so training begins from the plain model.
+    """
+    check_positive(stn_channels=channels, stn_hidden=hidden)
+    if img_size < MIN_IMG_SIZE:
+        raise InvalidArchError(f"img_size must be at least {MIN_IMG_SIZE} for the localisation net, got {img_size=}")
+    if not isinstance(model, Classifier):
+        raise InvalidArchError(f"a spatial transformer goes in front of a Classifier, not {type(model).__name__}")
+    head_in = model.code.in_features if isinstance(model.code, nn.Linear) else model.head.in_features
+    wrapped = STNClassifier(
+        SpatialTransformer(Localisation(in_chans, channels, hidden), model.backbone), head_in, model.num_classes,
+        arch=model.arch,
+    )
+    wrapped.code, wrapped.head, wrapped.num_features = model.code, model.head, model.num_features
+    return wrapped
 
 
 @register_model

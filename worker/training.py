@@ -86,7 +86,8 @@ class SpecTrainer:
         torch.manual_seed(spec.train.seed)
         model = vitmodels.create_model(
             spec.model.name, num_classes=data.num_classes, img_size=spec.dataset.img_size,
-            in_chans=spec.dataset.in_chans, code_size=spec.model.code_size, pretrained=pretrained, **spec.model.arch,
+            in_chans=spec.dataset.in_chans, code_size=spec.model.code_size, pretrained=pretrained,
+            stn=spec.model.stn, **spec.model.arch,
         )
         return fit(model, data, spec, device=job.device, on_epoch=job.on_epoch, workdir=job.workdir,
                    resume=job.resume, stop=job.stop)

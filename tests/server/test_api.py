@@ -144,6 +144,10 @@ BAD_SPECS = [
     (json.dumps(quick_spec(model={"name": "vit", "arch": {"patch_size": 3}})), "application/json", 422,
      ["body", "model", "arch"], "patch_size"),
     (json.dumps(quick_spec(name="../etc")), "application/json", 422, ["body", "name"], "pattern"),
+    (json.dumps(quick_spec(model={"name": "cnn", "stn": {"size": 3}})), "application/json", 422,
+     ["body", "model", "stn"], "valid: channels, hidden"),
+    (json.dumps(quick_spec(model={"name": "perceiver_io", "arch": {"query": "random"}})), "application/json", 422,
+     ["body", "model", "arch"], "query must be one of"),
 ]
 
 

@@ -291,6 +291,36 @@ def test_vit_stn_starts_at_identity_and_exposes_warp() -> None:
     assert model.last_warped is not None and model.last_warped.shape == x.shape
 
 
+@pytest.mark.parametrize("name", ["cnn", "resnet18", "perceiver", "timm:resnet18"])
+def test_a_spatial_transformer_goes_in_front_of_any_family(name: str) -> None:
+    torch.manual_seed(0)
+    plain = build(name).eval()
+    torch.manual_seed(0)
+    model = build(name, stn={"channels": 4, "hidden": 16}).eval()
+    extra = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in plain.parameters())
+    # localisation: conv 3->4 (5x5), conv 4->8 (3x3), linear 8*16->16, theta 16->6
+    assert extra == (3 * 4 * 25 + 4) + (4 * 8 * 9 + 8) + (8 * 16 * 16 + 16) + (16 * 6 + 6)
+    x = torch.randn(BATCH, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model.warp(x), x, atol=1e-5, rtol=0)  # starts at the identity
+        out = model(x)
+    assert out.shape == (BATCH, NUM_CLASSES) and model.last_warped is not None
+    assert model.forward_features(x).shape == plain.forward_features(x).shape
+    assert not callable(getattr(plain, "warp", None))
+    with pytest.raises(InvalidArchError, match="unknown stn option"):
+        build(name, stn={"chanels": 4})
+
+
+def test_perceiver_io_query_is_learned_or_a_fixed_random_buffer() -> None:
+    learned = build("perceiver_io")
+    fixed = build("perceiver_io", arch={"query": "fixed"})
+    assert isinstance(learned.backbone.query, torch.nn.Parameter)
+    assert "backbone.query" in dict(fixed.named_buffers()) and "backbone.query" in fixed.state_dict()
+    assert sum(p.numel() for p in learned.parameters()) - sum(p.numel() for p in fixed.parameters()) == 32
+    with pytest.raises(InvalidArchError, match="query must be one of"):
+        build("perceiver_io", arch={"query": "random"})
+
+
 @pytest.mark.parametrize(("img_size", "window_size"), [(32, 8), (64, 8), (96, 12)])
 def test_swin_window_presets(img_size: int, window_size: int) -> None:
     with torch.device("meta"):

@@ -87,6 +87,14 @@ def test_l2_loss_is_mean_squared_distance_to_one_hot() -> None:
     assert build_loss("l2")(outputs, labels).item() == pytest.approx(0.75)
 
 
+def test_mse_loss_is_torchs_mean_over_every_element() -> None:
+    outputs = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.0]])
+    labels = torch.tensor([0, 2])
+    assert build_loss("mse")(outputs, labels).item() == pytest.approx((0.25 + 0.25 + 1.0) / 6)
+    target = nn.functional.one_hot(labels, 3).float()
+    assert build_loss("mse")(outputs, labels).item() == pytest.approx(nn.MSELoss()(outputs, target).item())
+
+
 def test_cross_entropy_label_smoothing() -> None:
     outputs, labels = torch.randn(8, 5), torch.randint(0, 5, (8,))
     plain = nn.functional.cross_entropy(outputs, labels)

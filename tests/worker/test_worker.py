@@ -98,20 +98,25 @@ def test_matrix_sweep_uses_fixed_values(client, settings, backends) -> None:  # 
 def test_matrix_points_and_a_single_run_train_as_written(client, settings, backends) -> None:  # type: ignore[no-untyped-def]
     include = [{"train.lr": 0.01, "train.batch_size": 16}, {"model": {"name": "cnn", "arch": {"width": 8}}}]
     points = client.post("/api/v1/sweeps", json=quick_spec(search=None, matrix={"include": include})).json()
-    single = client.post("/api/v1/sweeps", json=quick_spec(name="one-run", search=None)).json()
+    # a single run (no search, no matrix), of a CNN with a spatial transformer in front
+    one = quick_spec(name="one-run", search=None, dataset={"img_size": 16}, model={"name": "cnn", "stn": True},
+                     train={"plots": True})
+    single = client.post("/api/v1/sweeps", json=one).json()
     _run_worker(settings, backends)
     trials = client.get(f"/api/v1/sweeps/{points['id']}/trials").json()
     assert [t["state"] for t in trials] == ["completed"] * 2
     # each trial ran with its own point only: the first kept the spec's cnn, the second its model block
-    assert [t["metrics"]["param_count"] for t in trials][0] != trials[1]["metrics"]["param_count"]
+    assert trials[0]["metrics"]["param_count"] != trials[1]["metrics"]["param_count"]
     study = optuna.load_study(study_name=points["study_name"], storage=backends.storage)
     assert [sorted(t.params) for t in sorted(study.trials, key=lambda t: t.number)] == [
         ["train.batch_size", "train.lr"], ["model"]]
     run = backends.tracker.client.get_run(trials[1]["mlflow_run_id"])
     assert run.data.params["model.arch.width"] == "8"
     (trial,) = client.get(f"/api/v1/sweeps/{single['id']}/trials").json()
-    assert trial["state"] == "completed" and trial["value"] is not None
+    assert trial["state"] == "completed" and trial["value"] is not None, trial["error"]
     assert client.get(f"/api/v1/sweeps/{single['id']}").json()["state"] == "completed"
+    plots = {a.path for a in backends.tracker.client.list_artifacts(trial["mlflow_run_id"], "plots")}
+    assert "plots/stn.png" in plots, plots
 
 
 def test_invalid_data_fails_trial_without_retry(client, settings, backends) -> None:  # type: ignore[no-untyped-def]

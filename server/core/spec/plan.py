@@ -181,6 +181,7 @@ def _check_model(
                 img_size=resolved.dataset.img_size,
                 in_chans=resolved.dataset.in_chans,
                 code_size=resolved.model.code_size,
+                stn=resolved.model.stn,
                 **resolved.model.arch,
             )
     except (ValueError, TypeError) as exc:

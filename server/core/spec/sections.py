@@ -56,6 +56,23 @@ class ModelSpec(Strict):
     )
     code_size: int | None = Field(None, ge=1, le=65536, description="Width of an embedding layer before the head.")
     pretrained: str | None = Field(None, max_length=1024, description="Local weights file, relative to the data dir.")
+    stn: bool | dict[str, int] = Field(
+        False,
+        description="A spatial transformer in front of the model: true, or {channels, hidden} of its localisation "
+        "net (8 and 32 by default).",
+    )
+
+    @field_validator("stn")
+    @classmethod
+    def _stn_options(cls, value: bool | dict[str, int]) -> bool | dict[str, int]:
+        if isinstance(value, dict):
+            unknown = sorted(set(value) - {"channels", "hidden"})
+            if unknown:
+                raise ValueError(f"unknown stn option(s) {', '.join(map(short_repr, unknown))}; valid: channels, hidden")
+            bad = {k: v for k, v in value.items() if not 1 <= v <= 4096}
+            if bad:
+                raise ValueError(f"stn sizes must lie in [1, 4096], got {bad}")
+        return value
 
     @field_validator("arch")
     @classmethod
@@ -105,7 +122,9 @@ class TrainSpec(Strict):
     warmup_epochs: float = Field(0.0, ge=0, le=MAX_EPOCHS)
     step_size: int = Field(30, ge=1, le=MAX_EPOCHS, description="Epochs between decays of the step scheduler.")
     gamma: float = Field(0.1, gt=0, le=1)
-    loss: Literal["cross_entropy", "l2"] = "cross_entropy"
+    loss: Literal["cross_entropy", "l2", "mse"] = Field(
+        "cross_entropy", description="l2: squared distance to the one-hot target, summed over classes, averaged "
+        "over the batch; mse: torch's MSELoss against the one-hot target (a mean over every element).")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     precision: Literal["fp32", "fp16", "bf16", "auto"] = "auto"
     grad_clip: float | None = Field(None, gt=0)
@@ -137,7 +156,8 @@ def check_path(path: str, *, block: bool = False) -> None:
     With ``block`` (a matrix point), a path may also name a whole section (``model``) or free-form mapping
     (``model.arch``): the point's value replaces it.
     """
-    if block and (path in SECTIONS or path.partition(".")[0] in SECTIONS and path.partition(".")[2] in FREE_FIELDS):
+    section, _, field = path.partition(".")
+    if block and (path in SECTIONS or (section in SECTIONS and field in FREE_FIELDS)):
         return
     check_path_syntax(path)
     keys = path.split(".")
