@@ -156,8 +156,8 @@ def check_path(path: str, *, block: bool = False) -> None:
     With ``block`` (a matrix point), a path may also name a whole section (``model``) or free-form mapping
     (``model.arch``): the point's value replaces it.
     """
-    section, _, field = path.partition(".")
-    if block and (path in SECTIONS or (section in SECTIONS and field in FREE_FIELDS)):
+    head, _, rest = path.partition(".")
+    if block and (path in SECTIONS or (head in SECTIONS and rest in FREE_FIELDS)):
         return
     check_path_syntax(path)
     keys = path.split(".")
