@@ -8,7 +8,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
@@ -119,7 +119,7 @@ def ui_proxy(
 
 def _with_ports(s: Settings, api_port: int | None, mlflow_port: int | None, dashboard_port: int | None) -> Settings:
     """The settings with the ports given on the command line (each beats its ``VITSWEEP_*_PORT``)."""
-    changes = {key: value for key, value in (("api_port", api_port), ("mlflow_ui_port", mlflow_port),
+    changes: dict[str, Any] = {key: value for key, value in (("api_port", api_port), ("mlflow_ui_port", mlflow_port),
                                               ("dashboard_port", dashboard_port)) if value is not None}
     return Settings(**changes) if changes else s
 
