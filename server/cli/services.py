@@ -218,7 +218,11 @@ def demo(
     console.print("starting the stack (API, worker, MLflow UI, Optuna dashboard)...")
     client = ApiClient(s)
     try:
-        stack.start()
+        try:
+            stack.start()
+        except RuntimeError as exc:  # a port taken, a service that would not come up: say which
+            err.print(f"[red]vitsweep demo: {exc}[/]")
+            raise typer.Exit(1) from None
         sweep = submit_text(client, text, ctype)
         console.print(f"submitted sweep [bold]{sweep['id']}[/] ({sweep['name']}): {sweep['n_trials']} trials")
         final = watch(client, sweep["id"])
