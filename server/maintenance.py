@@ -12,6 +12,7 @@ import logging
 from server.core import sweeps
 from server.core.backends import Backends
 from server.core.config import Settings
+from server.core.db import is_transient
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,8 @@ async def enforce_limits(backends: Backends, settings: Settings) -> None:
     while True:
         try:
             await asyncio.to_thread(enforce_once, backends, settings)
-        except Exception:  # the database away, say: the next round tries again
-            log.warning("enforcing deadlines and leases failed; will try again", exc_info=True)
+        except Exception as exc:  # the database away, say: the next round tries again
+            away = is_transient(exc)
+            log.warning("enforcing deadlines and leases failed%s; will try again",
+                        " (database unavailable)" if away else "", exc_info=not away)
         await asyncio.sleep(settings.maintenance_seconds)
