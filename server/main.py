@@ -7,9 +7,10 @@ away 503.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 from fastapi import FastAPI, Request, status
@@ -27,6 +28,7 @@ from server.core.config import Settings
 from server.core.db import is_transient
 from server.core.exceptions import BackendError, ConflictError, NotFoundError, SpecError
 from server.core.spec import Catalog, ExperimentSpec
+from server.maintenance import enforce_limits
 
 API_PREFIX = "/api/v1"
 log = logging.getLogger(__name__)
@@ -54,7 +56,14 @@ def create_app(settings: Settings | None = None, backends: Backends | None = Non
             _ = app.state.backends.tracker.experiment_id  # create the MLflow store and experiment now, not mid-request
         else:
             app.state.backends = backends
+        # Deadlines and leases hold with no worker running (the workers enforce them too).
+        enforcer = (asyncio.create_task(enforce_limits(app.state.backends, settings))
+                    if settings.maintenance_seconds > 0 else None)
         yield
+        if enforcer is not None:
+            enforcer.cancel()
+            with suppress(asyncio.CancelledError):
+                await enforcer
 
     app = FastAPI(
         title="vitsweep",

@@ -91,3 +91,23 @@ def test_wiring(compose) -> None:  # type: ignore[no-untyped-def]
         for port in services[name].get("ports", []):
             assert port.startswith("127.0.0.1:"), f"{name} publishes {port} beyond localhost"
     Settings(**{k.removeprefix("VITSWEEP_").lower(): v for k, v in env.items() if v and "${" not in v})
+
+
+def test_every_setting_is_in_the_readme_table() -> None:
+    """Each ``VITSWEEP_*`` variable that Settings reads has its row in the README's configuration table (a row may
+    name several: ``VITSWEEP_API_HOST`` / ``_PORT`` / ``_URL``)."""
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("## Configuration"):readme.index("## Scaling out")]
+    documented: set[str] = set()
+    for row in (line for line in table.splitlines() if line.startswith("| `VITSWEEP_")):
+        names = re.findall(r"`(_?[A-Z][A-Z_]*)`", row.split("|")[1])
+        first = names[0]
+        for name in names:
+            if name.startswith("_"):  # shorthand: after the first name's group, or after VITSWEEP
+                documented |= {first.split("_", 2)[0] + "_" + first.split("_", 2)[1] + name, "VITSWEEP" + name}
+            else:
+                documented.add(name)
+    fields = {f"VITSWEEP_{name.upper()}" for name in Settings.model_fields}
+    assert fields <= documented, f"not in the README's table: {sorted(fields - documented)}"

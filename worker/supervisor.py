@@ -23,8 +23,10 @@ from types import FrameType
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+import migrations
 from server.core.backends import make_backends
 from server.core.config import Settings
+from server.core.db import is_transient
 from server.core.models import Trial, TrialState, utcnow
 from worker.slots import AutoSlots, SlotCount, TrialThroughput, cpu_slots, device_memory_bytes
 from worker.worker import Worker, WorkerOptions, worker_id
@@ -148,7 +150,23 @@ class Supervisor:
 
     def run(self) -> int:
         """Run every slot until stopped (or, in burst mode, until all slots exit); returns an exit code."""
-        backends = make_backends(self.settings)  # create the databases once, before the slots race to
+        # Bring the store to this code's schema once, before any slot starts: under the migration lock, so workers
+        # (and the API) starting together on a fresh store migrate it exactly once.
+        try:
+            migrations.upgrade(self.settings.db_url)
+        except migrations.SchemaError as exc:
+            log.error("the store cannot be used: %s", exc)
+            return 2
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            log.error("the store is unreachable (%s: %s); start the database, then the worker",
+                      type(exc).__name__, str(exc).strip().splitlines()[0][:200])
+            return 2
+        if self._stop.is_set() or self._kill.is_set():
+            log.info("stopped before any slot started")
+            return 0
+        backends = make_backends(self.settings)
         slots = self._slots()
         threads = self._threads(len(slots))
         procs = {i: self._spawn(s, threads) for i, s in enumerate(slots)}

@@ -18,5 +18,17 @@ err = Console(stderr=True)
 
 
 def settings() -> Settings:
-    """This process's settings, read from ``VITSWEEP_*`` when a command starts."""
-    return Settings()
+    """This process's settings, read from ``VITSWEEP_*`` when a command starts; a bad value ends the command with
+    its message (naming the variable), not a traceback."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"])
+            name = f"VITSWEEP_{field.upper()}" if field else "settings"
+            message = error["msg"].removeprefix("Value error, ")
+            err.print(message if message.startswith("VITSWEEP_") else f"{name}: {message}", markup=False, soft_wrap=True,
+                      highlight=False)
+        raise typer.Exit(2) from None

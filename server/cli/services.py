@@ -8,7 +8,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
@@ -80,6 +80,57 @@ def worker(
     raise typer.Exit(supervisor.run_supervisor(settings(), options))
 
 
+@app.command()
+def dashboard(
+    host: Annotated[str, typer.Option(help="Bind address")] = "127.0.0.1",
+    port: Annotated[Optional[int], typer.Option(help="Port (default VITSWEEP_DASHBOARD_PORT, 8080)")] = None,
+) -> None:
+    """Run Optuna dashboard on the store; with VITSWEEP_API_TOKEN set, only requests with the token get in."""
+    from server.uiproxy import serve_dashboard
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    s = settings()
+    token = s.api_token.get_secret_value() if s.api_token else None
+    try:
+        serve_dashboard(s.db_url, host, port or s.dashboard_port, token or None)
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command("ui-proxy", hidden=True)
+def ui_proxy(
+    socket: Annotated[Path, typer.Option(help="Unix socket of the UI behind the proxy")],
+    port: Annotated[int, typer.Option(help="Port to listen on")],
+    host: Annotated[str, typer.Option(help="Bind address")] = "127.0.0.1",
+    name: Annotated[str, typer.Option(help="The UI's name, for messages")] = "the UI",
+) -> None:
+    """A reverse proxy that lets only requests with VITSWEEP_API_TOKEN through to the UI on ``--socket``
+    (the token is read from the environment, never from the command line, which every user can see)."""
+    import uvicorn
+
+    from server.uiproxy import proxy_app
+
+    s = settings()
+    if not (s.api_token and s.api_token.get_secret_value()):
+        raise typer.BadParameter("VITSWEEP_API_TOKEN is not set: there is no token to check", param_hint="ui-proxy")
+    uvicorn.run(proxy_app(socket, s.api_token.get_secret_value(), name=name), host=host, port=port,
+                log_level="info")
+
+
+def _with_ports(s: Settings, api_port: int | None, mlflow_port: int | None, dashboard_port: int | None) -> Settings:
+    """The settings with the ports given on the command line (each beats its ``VITSWEEP_*_PORT``)."""
+    changes: dict[str, Any] = {key: value for key, value in (("api_port", api_port), ("mlflow_ui_port", mlflow_port),
+                                              ("dashboard_port", dashboard_port)) if value is not None}
+    return Settings(**changes) if changes else s
+
+
+ApiPort = Annotated[Optional[int], typer.Option(min=1, max=65535, help="The API's port (default VITSWEEP_API_PORT, 8000)")]
+MlflowPort = Annotated[Optional[int], typer.Option(
+    min=1, max=65535, help="The MLflow UI's port (default VITSWEEP_MLFLOW_UI_PORT, 5000)")]
+DashboardPort = Annotated[Optional[int], typer.Option(
+    min=1, max=65535, help="Optuna dashboard's port (default VITSWEEP_DASHBOARD_PORT, 8080)")]
+
+
 def _sigterm_as_interrupt() -> None:
     """`up` and `demo` own child processes: a SIGTERM must unwind through their cleanup like Ctrl-C does."""
 
@@ -95,6 +146,8 @@ def _addresses(s: Settings, ui: bool = True) -> Table:
     if ui:
         table.add_row("MLflow UI", s.mlflow_ui)
         table.add_row("Optuna dashboard", s.dashboard)
+        if s.api_token and s.api_token.get_secret_value():
+            table.add_row("UI sign-in", "any user name, the API token (VITSWEEP_API_TOKEN) as the password")
     table.add_row("Home", str(s.home))
     return table
 
@@ -104,6 +157,9 @@ def up(
     devices: Annotated[str, typer.Option(help="cpu | cuda:0,cuda:1 | all")] = "cpu",
     slots_per_device: Annotated[str, typer.Option(help="Trial processes per device, 1-64, or auto")] = "1",
     ui: Annotated[bool, typer.Option(help="Also start the MLflow UI and Optuna dashboard")] = True,
+    api_port: ApiPort = None,
+    mlflow_port: MlflowPort = None,
+    dashboard_port: DashboardPort = None,
 ) -> None:
     """Start the embedded stack on 127.0.0.1: API, a local worker, MLflow UI, Optuna dashboard. Ctrl-C stops all."""
     from server.stack import Stack
@@ -113,7 +169,7 @@ def up(
         parse_slots(slots_per_device)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--slots-per-device") from None
-    s = settings()
+    s = _with_ports(settings(), api_port, mlflow_port, dashboard_port)
     _sigterm_as_interrupt()
     stack = Stack(s, devices=devices, slots_per_device=slots_per_device, ui=ui)
     try:
@@ -121,6 +177,9 @@ def up(
             stack.start()
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+    except RuntimeError as exc:
+        err.print(f"[red]vitsweep up: {exc}[/]")
+        raise typer.Exit(1) from None
     console.print("[green]vitsweep is up[/]")
     console.print(_addresses(s, ui))
     console.print("Ctrl-C stops everything.")
@@ -142,6 +201,9 @@ def demo(
     keep: Annotated[Optional[bool], typer.Option(help="Keep the stack up afterwards (default: when interactive)")] = None,
     ui: Annotated[bool, typer.Option(help="Start the MLflow UI and Optuna dashboard")] = True,
     print_spec: Annotated[bool, typer.Option(help="Print the embedded default spec and exit")] = False,
+    api_port: ApiPort = None,
+    mlflow_port: MlflowPort = None,
+    dashboard_port: DashboardPort = None,
 ) -> None:
     """Start the embedded stack, run a sweep on the bundled digits data, show progress and the comparison."""
     from server.stack import Stack
@@ -149,14 +211,18 @@ def demo(
     if print_spec:
         sys.stdout.write(DEMO_SPEC)
         return
-    s = settings()
+    s = _with_ports(settings(), api_port, mlflow_port, dashboard_port)
     text, ctype = read_spec(spec) if spec else (DEMO_SPEC, "application/yaml")
     _sigterm_as_interrupt()
     stack = Stack(s, devices=devices, slots_per_device=slots, ui=ui)
     console.print("starting the stack (API, worker, MLflow UI, Optuna dashboard)...")
     client = ApiClient(s)
     try:
-        stack.start()
+        try:
+            stack.start()
+        except RuntimeError as exc:  # a port taken, a service that would not come up: say which
+            err.print(f"[red]vitsweep demo: {exc}[/]")
+            raise typer.Exit(1) from None
         sweep = submit_text(client, text, ctype)
         console.print(f"submitted sweep [bold]{sweep['id']}[/] ({sweep['name']}): {sweep['n_trials']} trials")
         final = watch(client, sweep["id"])

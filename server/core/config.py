@@ -8,8 +8,13 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_EXAMPLES = {
+    "database_url": "postgresql+psycopg://user@host/db or sqlite:////abs/path/vitsweep.db",
+    "mlflow_tracking_uri": "http://mlflow:5000 or sqlite:////abs/path/mlflow.db",
+}
 
 
 class Settings(BaseSettings):
@@ -55,11 +60,40 @@ class Settings(BaseSettings):
         default=True,
         description="Copy each resumable checkpoint to the trial's MLflow run, so a worker on another machine can resume it.",
     )
+    maintenance_seconds: float = Field(
+        default=5.0, ge=0, le=3600,
+        description="How often the API ends sweeps past their timeout and reaps expired leases (0: never).",
+    )
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
     db_wait_seconds: float = Field(
         default=45.0, ge=0, le=3600,
         description="How long a worker waits for an unreachable database (a PostgreSQL restart) before giving up.",
     )
+
+    @field_validator("database_url", "mlflow_tracking_uri", mode="after")
+    @classmethod
+    def _not_empty(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # An empty variable (VITSWEEP_DATABASE_URL= in a compose file whose source was unset) must not quietly
+        # mean the embedded SQLite store: workers would train into a database nobody else reads.
+        if value is not None and not value.strip():
+            name = f"VITSWEEP_{(info.field_name or '').upper()}"
+            raise ValueError(f"{name} is set but empty: unset it for the embedded SQLite store under VITSWEEP_HOME, "
+                             f"or give a URL ({_EXAMPLES[info.field_name or '']})")
+        return value
+
+    @field_validator("database_url", mode="after")
+    @classmethod
+    def _database_url_parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            from sqlalchemy.engine import make_url
+            from sqlalchemy.exc import ArgumentError
+
+            try:
+                make_url(value)
+            except ArgumentError:
+                raise ValueError(f"VITSWEEP_DATABASE_URL is not a database URL: {_mask_password(value)!r} "
+                                 f"(e.g. {_EXAMPLES['database_url']})") from None
+        return value
 
     @field_validator("home", mode="after")
     @classmethod

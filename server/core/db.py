@@ -93,9 +93,15 @@ def is_transient(exc: BaseException) -> bool:
         if isinstance(current, DBAPIError) and (
             current.connection_invalidated or isinstance(current, (OperationalError, InterfaceError))
         ):
-            return True
+            # SQLite reports a missing table as an OperationalError too: that is a store without its schema
+            # (never migrated, or another file), which no amount of waiting fixes.
+            return not _missing_schema(current)
         current = current.__cause__ or current.__context__
     return False
+
+
+def _missing_schema(exc: DBAPIError) -> bool:
+    return str(exc.orig).startswith(("no such table", "no such column"))
 
 
 def retry_db(
