@@ -105,7 +105,13 @@ def test_generated_client_drives_a_sweep(settings, backends, tmp_path: Path) -> 
         from vitsweep_client.api.compare import compare_sweeps
         from vitsweep_client.api.sweeps import cancel_sweep, get_sweep, list_sweeps, list_trials, submit_sweep
         from vitsweep_client.models import (
-            CompareRow, ErrorMessage, ExperimentSpec, HTTPValidationError, SweepPublic, SweepState, TrialPublic,
+            CompareRow,
+            ErrorMessage,
+            ExperimentSpec,
+            HTTPValidationError,
+            SweepPublic,
+            SweepState,
+            TrialPublic,
             TrialState,
         )
 

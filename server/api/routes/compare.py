@@ -26,7 +26,8 @@ def split_commas(values: Any) -> Any:
         values = [values]
     if not isinstance(values, list):
         return values
-    return [v.strip() for raw in values for v in (raw.split(",") if isinstance(raw, str) else [raw]) if v != ""]
+    parts = [part.strip() for raw in values for part in (raw.split(",") if isinstance(raw, str) else [raw])]
+    return [part for part in parts if part != ""]
 
 
 Commas = BeforeValidator(split_commas)
