@@ -16,6 +16,12 @@ from server.core.models import Sweep, SweepState, Trial, TrialState
 from server.core.objectives import Direction, rank_key
 
 Format = Literal["table", "csv", "json", "md"]
+# The columns a comparison sorts by (every one but the searched values and the objectives, which are mappings).
+SortColumn = Literal[
+    "sweep_id", "sweep", "trial", "slug", "model", "dataset", "state", "metric", "value", "best_val_acc",
+    "final_train_acc", "final_val_loss", "svc_acc", "param_count", "peak_memory_mb", "seconds_per_epoch",
+    "images_per_second", "epochs", "mlflow_run_id", "error",
+]
 
 # (column, header) in display order; metric keys come from the trial's final figures.
 COLUMNS: list[tuple[str, str]] = [

@@ -1,4 +1,5 @@
-"""Builds the FastAPI app: routers under ``/api/v1``, ``/healthz``, OpenAPI at ``/docs``.
+"""Builds the FastAPI app: routers under ``/api/v1``, ``/healthz``, OpenAPI at ``/docs`` and ``/redoc`` (their
+scripts served from the installed ``fastapi-offline`` package, not a CDN, so the docs work on an offline cluster).
 
 The shared layer's errors become HTTP responses here, once: not found 404, conflict 409, a spec that cannot
 run 422 (with the path of the bad field, like pydantic's own errors), Optuna or MLflow down 503, the database
@@ -15,12 +16,19 @@ from typing import Any
 
 from fastapi import FastAPI, Request, status
 from fastapi.encoders import jsonable_encoder
-from fastapi.openapi.utils import get_openapi
+from fastapi.openapi.utils import (
+    get_openapi,
+    validation_error_definition,
+    validation_error_response_definition,
+)
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from fastapi_offline import FastAPIOffline
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from server.api.deps import ReadAuthorized
+from server.api.responses import COMMON
 from server.api.routes import catalog as catalog_routes
 from server.api.routes import compare, health, reports, sweeps
 from server.core.backends import Backends, make_backends
@@ -65,11 +73,12 @@ def create_app(settings: Settings | None = None, backends: Backends | None = Non
             with suppress(asyncio.CancelledError):
                 await enforcer
 
-    app = FastAPI(
+    app = FastAPIOffline(
         title="vitsweep",
         summary="Sweeps of vision transformers and CNN baselines: Optuna search, MLflow tracking, SQL store.",
         version=_version(),
         lifespan=lifespan,
+        generate_unique_id_function=_operation_id,
     )
     app.state.settings = settings
     app.state.catalog = catalog
@@ -78,10 +87,16 @@ def create_app(settings: Settings | None = None, backends: Backends | None = Non
     app.include_router(health.router)
     # Reads are open unless VITSWEEP_PROTECT_READS; mutating routes carry their own token check as well.
     for module in (sweeps, reports, compare, catalog_routes):
-        app.include_router(module.router, prefix=API_PREFIX, dependencies=[ReadAuthorized])
+        app.include_router(module.router, prefix=API_PREFIX, dependencies=[ReadAuthorized], responses=COMMON)
     _map_errors(app)
     _openapi_with_spec(app)
     return app
+
+
+def _operation_id(route: APIRoute) -> str:
+    """Operation ids are the handlers' names (``list_trials``, not FastAPI's ``list_trials_api_v1_sweeps_…_get``):
+    what a generated client calls its functions."""
+    return route.name
 
 
 def _map_errors(app: FastAPI) -> None:
@@ -133,6 +148,9 @@ def _openapi_with_spec(app: FastAPI) -> None:
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components.update(spec_schema.pop("$defs", {}))
         components["ExperimentSpec"] = spec_schema
+        # Declared by hand for the submit endpoint's body (FastAPI adds them only for parameters it validates).
+        components.setdefault("ValidationError", validation_error_definition)
+        components.setdefault("HTTPValidationError", validation_error_response_definition)
         app.openapi_schema = schema
         return schema
 

@@ -52,5 +52,13 @@ def error_text(response: httpx.Response) -> str:
     except ValueError:
         return response.text
     if isinstance(detail, list):
-        return "\n".join(f"  {'.'.join(str(p) for p in d.get('loc', []))}: {d.get('msg')}" for d in detail)
+        return "\n".join(f"  {'.'.join(str(p) for p in d.get('loc', []))}: {d.get('msg')}{_given(d)}" for d in detail)
     return str(detail)
+
+
+def _given(error: dict[str, Any]) -> str:
+    """`` (got 'x')`` for a validation error that names a short scalar input (a query value, a spec field)."""
+    value = error.get("input")
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool) and len(str(value)) <= 80:
+        return f" (got {value!r})"
+    return ""

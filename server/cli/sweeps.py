@@ -92,8 +92,10 @@ def status(sweep_id: Annotated[Optional[int], typer.Argument(help="A sweep id; a
         for s in page["items"]:
             c = s["counts"]
             done = sum(c[k] for k in FINISHED)
+            best = s["best_trial"]
+            shown = f"{best['value']:.4f} (trial {best['number']})" if best and best["value"] is not None else "-"
             table.add_row(str(s["id"]), s["name"], f"[{_state_style(s['state'])}]{s['state']}[/]", s["model"], s["dataset"],
-                          str(s["n_trials"]), str(done), str(c["running"]), "-")
+                          str(s["n_trials"]), str(done), str(c["running"]), shown)
         console.print(table)
         return
     sweep = client.get(f"/api/v1/sweeps/{sweep_id}")
@@ -114,11 +116,11 @@ def print_compare(
     **filters: Optional[list[str]],
 ) -> None:
     """Fetch the comparison rows and print them as a rich table, or as CSV, JSON or Markdown."""
-    params: dict[str, Any] = {"sweeps": ",".join(map(str, ids)), "best": best, "format": "json"}
+    params: dict[str, Any] = {"sweeps": ids, "best": best, "format": "json"}  # lists go as repeated parameters
     if sort:
         params["sort"] = sort
         params["order"] = "asc" if ascending else "desc"
-    params.update({k: ",".join(v) for k, v in filters.items() if v})
+    params.update({k: v for k, v in filters.items() if v})
     rows = client.get("/api/v1/compare", params=params)
     if fmt != "table":
         sys.stdout.write(comparison.render(rows, fmt))  # type: ignore[arg-type]

@@ -56,11 +56,6 @@ def rank_key(value: float | None, direction: Direction) -> float:
     return -sign(direction) * value if value is not None and finite(value) else math.inf
 
 
-def sql_order(column: Any, direction: Direction) -> Any:
-    """A SQLAlchemy ``ORDER BY`` clause putting the best value of ``column`` first."""
-    return column.desc() if sign(direction) > 0 else column.asc()
-
-
 def pareto_front(points: Mapping[K, Sequence[float]], directions: Sequence[Direction]) -> list[K]:
     """The keys of the points no other point beats on every objective (in ``points``' order)."""
     signs = [sign(d) for d in directions]

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Select, delete, func, select, update
+from sqlalchemy import Select, case, delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from server.core import queue, studies
@@ -21,7 +21,7 @@ from server.core.backends import Backends
 from server.core.db import write_session
 from server.core.exceptions import BackendError, ConflictError, NotFoundError
 from server.core.models import FINISHED_SWEEP_STATES, StopReason, Sweep, SweepState, Trial, TrialState, utcnow
-from server.core.objectives import Direction, pareto_front, sql_order
+from server.core.objectives import Direction, pareto_front, sign
 from server.core.spec import MAX_TRIALS, ExperimentSpec, slug
 
 log = logging.getLogger(__name__)
@@ -182,7 +182,8 @@ def list_sweeps(
         total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
         sweeps = list(session.scalars(query.order_by(Sweep.id.desc()).limit(limit).offset(offset)))
         counts = _counts(session, [s.id for s in sweeps])
-        return [SweepView(s, counts.get(s.id, {})) for s in sweeps], total
+        best, pareto = _best(session, sweeps), _pareto(session, sweeps)
+        return [SweepView(s, counts.get(s.id, {}), best.get(s.id), pareto.get(s.id)) for s in sweeps], total
 
 
 def get_sweep(sessions: sessionmaker[Session], sweep_id: int) -> SweepView:
@@ -190,7 +191,8 @@ def get_sweep(sessions: sessionmaker[Session], sweep_id: int) -> SweepView:
         sweep = session.scalar(_visible().where(Sweep.id == sweep_id))
         if sweep is None:
             raise NotFoundError("sweep", sweep_id)
-        return SweepView(sweep, _counts(session, [sweep_id]).get(sweep_id, {}), _best(session, sweep), _pareto(session, sweep))
+        counts = _counts(session, [sweep_id]).get(sweep_id, {})
+        return SweepView(sweep, counts, _best(session, [sweep]).get(sweep_id), _pareto(session, [sweep]).get(sweep_id))
 
 
 def _counts(session: Session, sweep_ids: list[int]) -> dict[int, dict[str, int]]:
@@ -205,32 +207,52 @@ def _counts(session: Session, sweep_ids: list[int]) -> dict[int, dict[str, int]]
     return out
 
 
-def _best(session: Session, sweep: Sweep) -> Trial | None:
-    direction: Direction = "maximize" if sweep.direction == "maximize" else "minimize"
-    return session.scalar(
-        select(Trial)
-        .where(Trial.sweep_id == sweep.id, Trial.value.is_not(None), Trial.state == TrialState.completed)
-        .order_by(sql_order(Trial.value, direction), Trial.number)
-        .limit(1)
+def _best(session: Session, sweeps: Sequence[Sweep]) -> dict[int, Trial]:
+    """Each sweep's completed trial best on its first objective (ties: the lower number), in one query."""
+    if not sweeps:
+        return {}
+    ids = [s.id for s in sweeps]
+    maximize = [s.id for s in sweeps if sign(s.direction) > 0]  # type: ignore[arg-type]
+    # Ascending on this key puts the best first whatever each sweep's direction.
+    key = case((Trial.sweep_id.in_(maximize), -Trial.value), else_=Trial.value) if maximize else Trial.value
+    rank = func.row_number().over(partition_by=Trial.sweep_id, order_by=(key.asc(), Trial.number)).label("rank")
+    ranked = (
+        select(Trial.id, rank)
+        .where(Trial.sweep_id.in_(ids), Trial.value.is_not(None), Trial.state == TrialState.completed)
+        .subquery()
     )
+    best = session.scalars(select(Trial).join(ranked, Trial.id == ranked.c.id).where(ranked.c.rank == 1))
+    return {t.sweep_id: t for t in best}
 
 
-def _pareto(session: Session, sweep: Sweep) -> list[Trial] | None:
-    """The Pareto front of a multi-objective sweep's completed trials, by number; None for one objective."""
-    search = sweep.spec.get("search") or {}
-    names, directions = search.get("metrics"), search.get("directions")
-    if not names or not directions:
-        return None
+def _pareto(session: Session, sweeps: Sequence[Sweep]) -> dict[int, list[Trial]]:
+    """The Pareto front of each multi-objective sweep's completed trials, by number (none for one objective)."""
+    objectives: dict[int, tuple[list[str], list[Direction]]] = {}
+    for sweep in sweeps:
+        search = sweep.spec.get("search") or {}
+        names, directions = search.get("metrics"), search.get("directions")
+        if names and directions:
+            objectives[sweep.id] = (names, directions)
+    if not objectives:
+        return {}
     done = session.scalars(
-        select(Trial).where(Trial.sweep_id == sweep.id, Trial.state == TrialState.completed).order_by(Trial.number)
+        select(Trial)
+        .where(Trial.sweep_id.in_(list(objectives)), Trial.state == TrialState.completed)
+        .order_by(Trial.sweep_id, Trial.number)
     ).all()
-    points: dict[int, list[float]] = {}
-    by_number = {t.number: t for t in done}
+    by_sweep: dict[int, dict[int, Trial]] = {i: {} for i in objectives}
     for t in done:
-        told = (t.metrics or {}).get("objectives") or {}
-        if all(isinstance(told.get(n), (int, float)) for n in names):
-            points[t.number] = [float(told[n]) for n in names]
-    return [by_number[n] for n in pareto_front(points, directions)]
+        by_sweep[t.sweep_id][t.number] = t
+    fronts: dict[int, list[Trial]] = {}
+    for sweep_id, (names, directions) in objectives.items():
+        by_number = by_sweep[sweep_id]
+        points: dict[int, list[float]] = {}
+        for t in by_number.values():
+            told = (t.metrics or {}).get("objectives") or {}
+            if all(isinstance(told.get(n), (int, float)) for n in names):
+                points[t.number] = [float(told[n]) for n in names]
+        fronts[sweep_id] = [by_number[n] for n in pareto_front(points, directions)]
+    return fronts
 
 
 def list_trials(sessions: sessionmaker[Session], sweep_id: int, *, state: TrialState | None = None) -> list[Trial]:

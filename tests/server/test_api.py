@@ -193,3 +193,32 @@ def test_catalog(client) -> None:  # type: ignore[no-untyped-def]
     assert {"vit", "cnn", "resnet18"} <= names
     cat = client.get("/api/v1/datasets").json()
     assert "digits" in cat["datasets"] and "standard" in cat["augments"]
+
+
+def test_list_gives_each_sweep_as_get_does(client, settings, backends) -> None:  # type: ignore[no-untyped-def]
+    """GET /sweeps lists every sweep as GET /sweeps/{id} answers it: best trial, Pareto front and spec included,
+    each sweep's best by its own direction (one maximizes, one minimizes) and none for a sweep that ran nothing."""
+    from worker.worker import Worker, WorkerOptions
+
+    search = {**quick_spec()["search"], "sampler_options": {"seed": 0}, "n_trials": 2}
+    specs = [
+        quick_spec(name="up", search=search),
+        quick_spec(name="down", search={**search, "metric": "val_loss", "direction": "minimize"}),
+        quick_spec(name="front", search={**search, "metrics": ["val_acc", "param_count"],
+                                         "directions": ["maximize", "minimize"]}),
+    ]
+    ids = [client.post("/api/v1/sweeps", json=spec).json()["id"] for spec in specs]
+    Worker(settings, WorkerOptions(device="cpu", burst=True), backends=backends).run()
+    idle = client.post("/api/v1/sweeps", json=quick_spec(name="idle")).json()["id"]
+
+    listed = {s["id"]: s for s in client.get("/api/v1/sweeps").json()["items"]}
+    assert set(listed) == {*ids, idle}
+    for sweep_id in [*ids, idle]:
+        assert listed[sweep_id] == client.get(f"/api/v1/sweeps/{sweep_id}").json()
+    up, down, front = (listed[i] for i in ids)
+    for sweep, pick in ((up, max), (down, min), (front, max)):
+        assert sweep["state"] == "completed" and sweep["spec"]["name"] == sweep["name"]
+        values = [t["value"] for t in client.get(f"/api/v1/sweeps/{sweep['id']}/trials").json()]
+        assert sweep["best_trial"] is not None and sweep["best_trial"]["value"] == pick(values), (sweep["name"], values)
+    assert front["pareto_front"] and up["pareto_front"] is None
+    assert listed[idle]["best_trial"] is None and listed[idle]["spec"]["name"] == "idle"

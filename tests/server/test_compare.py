@@ -161,7 +161,7 @@ def test_compare_two_sweeps_from_the_cli(client, settings, backends, monkeypatch
         best = json.loads(cli("--format", "json", "--best"))
         assert [r["sweep_id"] for r in best] == [a, b]
         bad = runner.invoke(app, ["compare", str(a), "--state", "finished"])
-        assert bad.exit_code == 1 and "422" in bad.output and "unknown trial state" in bad.output
+        assert bad.exit_code == 1 and "422" in bad.output and "query.state" in bad.output and "'finished'" in bad.output
 
         # Adding trials from the command line.
         added = runner.invoke(app, ["add-trials", str(a), "2"])

@@ -79,15 +79,16 @@ def locked(settings: Settings, backends: Any) -> Iterator[TestClient]:
 
 
 def _routes(client: TestClient, methods: set[str]) -> list[tuple[str, str]]:
-    """(method, full path) of every API route of the app: ``app.routes``, with included routers flattened."""
+    """(method, full path) of every API route of the app: ``app.routes``, with included routers flattened (the
+    docs pages, left out of the schema, are no API route)."""
     app: Any = client.app
     try:
         from fastapi.routing import iter_route_contexts
     except ImportError:  # FastAPI before included routers were kept lazily: app.routes holds the APIRoutes
-        found = [(r.path, r.methods) for r in app.routes if isinstance(r, APIRoute)]
+        found = [(r.path, r.methods) for r in app.routes if isinstance(r, APIRoute) and r.include_in_schema]
     else:
         found = [(c.path, c.original_route.methods) for c in iter_route_contexts(app.routes)
-                 if isinstance(c.original_route, APIRoute)]
+                 if isinstance(c.original_route, APIRoute) and c.original_route.include_in_schema]
     return [(m, path) for path, route_methods in found for m in sorted(route_methods & methods)]
 
 
@@ -167,6 +168,8 @@ def test_protected_reads_need_the_token(locked: TestClient) -> None:
         assert _call(locked, method, path, {}, sweep_id).status_code == 401, path
     # The schema and the docs say nothing about any sweep; they stay readable.
     assert locked.get("/openapi.json").status_code == 200
+    for page in ("/docs", "/redoc", "/static-offline-docs/swagger-ui-bundle.js"):
+        assert locked.get(page).status_code == 200, page
 
 
 def test_protect_reads_without_a_token_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:

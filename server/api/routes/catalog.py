@@ -13,7 +13,7 @@ router = APIRouter(tags=["catalog"])
 
 
 @router.get("/models", response_model=list[ModelInfo])
-def models(
+def list_models(
     img_size: int = Query(32, ge=4, le=1024), in_chans: int = Query(3, ge=1, le=4), num_classes: int = Query(10, ge=1, le=100_000)
 ) -> list[dict[str, Any]]:
     """Registered models with their defaults and parameter counts at the given input size."""
@@ -23,6 +23,6 @@ def models(
 
 
 @router.get("/datasets", response_model=CatalogPublic)
-def datasets(catalog: CatalogDep) -> CatalogPublic:
+def list_datasets(catalog: CatalogDep) -> CatalogPublic:
     """Dataset names and augmentation presets."""
     return CatalogPublic(datasets=list(catalog.datasets()), augments=list(catalog.augments()))

@@ -4,12 +4,13 @@ from fastapi import APIRouter, HTTPException, status
 from sqlalchemy import text
 
 from server.api.deps import SessionsDep
+from server.api.responses import error
 from server.schemas import Health
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", response_model=Health, responses={503: {"description": "Database unreachable"}})
+@router.get("/healthz", response_model=Health, responses=error(503, "Database unreachable"))
 def healthz(sessions: SessionsDep) -> Health:
     """Liveness and database reachability."""
     from importlib.metadata import version

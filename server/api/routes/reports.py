@@ -9,6 +9,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from server import report
 from server.api.deps import BackendsDep, SettingsDep
+from server.api.responses import NO_SWEEP
 from server.api.routes.sweeps import SweepId
 
 router = APIRouter(prefix="/sweeps", tags=["reports"])
@@ -18,11 +19,15 @@ router = APIRouter(prefix="/sweeps", tags=["reports"])
     "/{sweep_id}/report",
     response_class=HTMLResponse,
     responses={
-        200: {"content": {"text/html": {}, "application/zip": {}}, "description": "The report"},
-        404: {"description": "No such sweep"},
+        200: {
+            "description": "The report: an HTML page, or with format=md a zip of report.md and its figures",
+            "content": {"text/html": {"schema": {"type": "string"}},
+                        "application/zip": {"schema": {"type": "string", "format": "binary"}}},
+        },
+        **NO_SWEEP,
     },
 )
-def sweep_report(
+def get_report(
     backends: BackendsDep, settings: SettingsDep, sweep_id: SweepId, format: Literal["html", "md"] = "html"
 ) -> Response:
     """The sweep's report: comparison table, validation curves, the objective against each searched parameter,

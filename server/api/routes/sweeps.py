@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from server.api.deps import Authorized, BackendsDep, CatalogDep, SessionsDep, SettingsDep
+from server.api.responses import INVALID, NO_SWEEP, Responses, error
 from server.core import sweeps
 from server.core.models import SweepState, Trial, TrialState
 from server.core.spec import Catalog, ExperimentSpec, check_document, validate_plan
@@ -40,7 +41,8 @@ SPEC_BODY = {
 }
 
 
-def _public(view: sweeps.SweepView, *, with_spec: bool = False) -> SweepPublic:
+def _public(view: sweeps.SweepView) -> SweepPublic:
+    """The same view of a sweep wherever one is answered: listed, got, submitted or controlled."""
     s = view.sweep
     search = s.spec.get("search") or {}
     return SweepPublic(
@@ -52,7 +54,7 @@ def _public(view: sweeps.SweepView, *, with_spec: bool = False) -> SweepPublic:
         pareto_front=[t.number for t in view.pareto] if view.pareto is not None else None,
         study_name=s.study_name, mlflow_experiment_id=s.mlflow_experiment_id, mlflow_run_id=s.mlflow_run_id,
         error=s.error, created_at=s.created_at, updated_at=s.updated_at, finished_at=s.finished_at,
-        spec=s.spec if with_spec else None,
+        spec=s.spec,
     )
 
 
@@ -122,9 +124,8 @@ def _small(value: Any) -> bool:
     dependencies=[Authorized],
     openapi_extra={"requestBody": SPEC_BODY},
     responses={
-        413: {"description": "Body too large"},
-        415: {"description": "Neither JSON nor YAML"},
-        503: {"description": "Optuna or MLflow unavailable; nothing stored"},
+        **INVALID, **error(413, "Body too large"), **error(415, "Neither JSON nor YAML"),
+        **error(503, "Optuna, MLflow or the database unavailable; nothing stored"),
     },
 )
 async def submit_sweep(
@@ -133,7 +134,7 @@ async def submit_sweep(
     """Validate an experiment spec (JSON or YAML), store it, create its Optuna study and queue its trials."""
     spec = await parse_spec_body(request, settings.max_body_bytes, catalog)
     sweep = sweeps.create_sweep(backends, spec)
-    return _public(sweeps.get_sweep(backends.sessions, sweep.id), with_spec=True)
+    return _public(sweeps.get_sweep(backends.sessions, sweep.id))
 
 
 @router.get("", response_model=SweepPage)
@@ -148,19 +149,19 @@ def list_sweeps(
     return SweepPage(items=[_public(v) for v in views], total=total, limit=limit, offset=offset)
 
 
-@router.get("/{sweep_id}", response_model=SweepPublic, responses={404: {"description": "No such sweep"}})
+@router.get("/{sweep_id}", response_model=SweepPublic, responses=NO_SWEEP)
 def get_sweep(sessions: SessionsDep, sweep_id: SweepId) -> SweepPublic:
     """A sweep's state, trial counts by state, best trial so far, and its spec."""
-    return _public(sweeps.get_sweep(sessions, sweep_id), with_spec=True)
+    return _public(sweeps.get_sweep(sessions, sweep_id))
 
 
-@router.get("/{sweep_id}/trials", response_model=list[TrialPublic], responses={404: {"description": "No such sweep"}})
+@router.get("/{sweep_id}/trials", response_model=list[TrialPublic], responses=NO_SWEEP)
 def list_trials(sessions: SessionsDep, sweep_id: SweepId, state: TrialState | None = None) -> list[Trial]:
     """Every trial of a sweep: params, state, metrics, MLflow run, worker, times."""
     return sweeps.list_trials(sessions, sweep_id, state=state)
 
 
-CONTROL_RESPONSES: dict[int | str, dict[str, Any]] = {404: {"description": "No such sweep"}, 409: {"description": "Wrong state"}}
+CONTROL_RESPONSES: Responses = {**NO_SWEEP, **error(409, "Wrong state")}
 
 
 @router.post("/{sweep_id}/cancel", response_model=SweepPublic, dependencies=[Authorized], responses=CONTROL_RESPONSES)
@@ -171,7 +172,7 @@ def cancel_sweep(backends: BackendsDep, sweep_id: SweepId) -> SweepPublic:
 
 @router.post(
     "/{sweep_id}/trials", response_model=SweepPublic, dependencies=[Authorized],
-    responses={404: {"description": "No such sweep"}, 409: {"description": "A grid, or a cancelled or failed sweep"}},
+    responses={**NO_SWEEP, **error(409, "A grid, or a cancelled or failed sweep")},
 )
 def add_trials(backends: BackendsDep, sweep_id: SweepId, body: TrialsAdd) -> SweepPublic:
     """Queue more trials of a search; a completed sweep runs again. Grids are fixed (409)."""
