@@ -304,8 +304,11 @@ def _finish(run: _Run, workdir: Path, last: Path, best: Path) -> FitResult:
 
 
 def evaluate(model: nn.Module, data: DatasetSplits, spec: ExperimentSpec, device: torch.device) -> dict[str, Any]:
-    """Validation loss and accuracy of ``model`` as it stands (``val_loss``, ``val_acc``), as ``fit`` computes them."""
+    """Validation loss and accuracy of ``model`` as it stands (``val_loss``, ``val_acc``), as ``fit`` computes them;
+    empty without a validation split."""
     t = spec.train
+    if len(data.val) == 0:  # no validation split (val_fraction: 0): nothing to evaluate on
+        return {}
     model.to(device)
     precision: Precision = resolve_precision(t.precision, device)
     source: BatchSource = make_batches(data.val, batch_size=t.batch_size, device=device,
