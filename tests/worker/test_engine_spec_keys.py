@@ -183,7 +183,7 @@ def _inputs(spec: ExperimentSpec, root: Path) -> tuple[DatasetSplits, torch.Tens
 @pytest.mark.parametrize("in_chans", [1, 3])
 def test_normalize_variants_change_the_inputs_as_stated(tmp_path: Path, in_chans: int) -> None:
     base = {"in_chans": in_chans}
-    data, images, own = _inputs(make_spec(base), tmp_path)
+    _, images, own = _inputs(make_spec(base), tmp_path)
     x = images.float() / 255
     assert own.mean().item() == pytest.approx(0.0, abs=0.02) and own.std().item() == pytest.approx(1.0, abs=0.02)
 

@@ -73,13 +73,15 @@ class Schedule:
     """The learning-rate schedule of a run: steps its scheduler after every optimizer step or at the end of
     every epoch (ReduceLROnPlateau with the epoch's monitored metric), and checkpoints it."""
 
-    def __init__(self, scheduler: LRScheduler | ReduceLROnPlateau, interval: str = "step", monitor: str | None = None):
+    def __init__(
+        self, scheduler: LRScheduler | ReduceLROnPlateau, interval: str = "step", monitor: str | None = None
+    ) -> None:
         self.scheduler = scheduler
         self.interval = interval
         self.monitor = monitor
 
     def after_step(self) -> None:
-        if self.interval == "step":
+        if self.interval == "step" and not isinstance(self.scheduler, ReduceLROnPlateau):  # a plateau: per epoch
             self.scheduler.step()
 
     def after_epoch(self, metrics: dict[str, float]) -> None:

@@ -10,8 +10,7 @@ import torch
 from pydantic import ValidationError
 
 from server.core.exceptions import SpecError
-from server.core.spec import DatasetSpec, ExperimentSpec, TrainSpec, check_path
-from server.core.spec import torchnames
+from server.core.spec import DatasetSpec, ExperimentSpec, TrainSpec, check_path, torchnames
 
 
 def _errors(model: type, data: dict[str, Any]) -> list[dict[str, Any]]:
