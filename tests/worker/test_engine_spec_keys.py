@@ -15,6 +15,7 @@ from torch import nn
 from server.core.spec import ExperimentSpec, TrainSpec
 from worker.data import DatasetSplits, load_dataset
 from worker.engine import EpochReport, FitResult, evaluate, fit
+from worker.exceptions import TrialStopped
 from worker.engine.budget import Budget
 from worker.engine.loader import Preprocess
 from worker.engine.optim import build_optimizer
@@ -132,6 +133,23 @@ def test_reduce_on_plateau_watches_its_metric(small: DatasetSplits, tmp_path: Pa
     assert [h["lr"] for h in result.history] == pytest.approx([lr, lr, lr / 2, lr / 4])
     resumed = torch.load(tmp_path / "last.pt", weights_only=True)["scheduler"]
     assert resumed["mode"] == "max" and resumed["num_bad_epochs"] == 0
+
+
+@pytest.mark.parametrize("scheduler", [{"name": "OneCycleLR", "anneal_strategy": "linear"},
+                                       {"name": "ExponentialLR", "gamma": 0.5}])
+def test_a_torch_schedule_resumes_where_it_stopped(small: DatasetSplits, tmp_path: Path,
+                                                   scheduler: dict[str, Any]) -> None:
+    spec = make_spec(optimizer={"name": "AdamW", "betas": [0.9, 0.99]}, scheduler=scheduler, max_steps=10)
+    whole, _ = run(spec, small, tmp_path / "whole")
+    reports: list[EpochReport] = []
+    with pytest.raises(TrialStopped):
+        fit(make_model(spec), small, spec, device=CPU, on_epoch=reports.append, workdir=tmp_path / "cut",
+            stop=lambda: len(reports) == 1)
+    resumed = fit(make_model(spec), small, spec, device=CPU, on_epoch=reports.append, workdir=tmp_path / "cut",
+                  resume=tmp_path / "cut" / "last.pt")
+    timing = {"epoch_seconds", "images_per_second", "data_wait"}
+    assert [{k: v for k, v in h.items() if k not in timing} for h in resumed.history] == [
+        {k: v for k, v in h.items() if k not in timing} for h in whole.history]
 
 
 # -- weight decay defaults ---------------------------------------------------------------------------------
