@@ -15,10 +15,10 @@ from torch import nn
 from server.core.spec import ExperimentSpec, TrainSpec
 from worker.data import DatasetSplits, load_dataset
 from worker.engine import EpochReport, FitResult, evaluate, fit
-from worker.exceptions import TrialStopped
 from worker.engine.budget import Budget
 from worker.engine.loader import Preprocess
 from worker.engine.optim import build_optimizer
+from worker.exceptions import TrialStopped
 from worker.training import DataCache
 
 CPU = torch.device("cpu")
