@@ -135,6 +135,7 @@ def test_reduce_on_plateau_watches_its_metric(small: DatasetSplits, tmp_path: Pa
     assert resumed["mode"] == "max" and resumed["num_bad_epochs"] == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheduler", [{"name": "OneCycleLR", "anneal_strategy": "linear"},
                                        {"name": "ExponentialLR", "gamma": 0.5}])
 def test_a_torch_schedule_resumes_where_it_stopped(small: DatasetSplits, tmp_path: Path,
@@ -221,6 +222,7 @@ def test_normalize_variants_change_the_inputs_as_stated(tmp_path: Path, in_chans
         assert cifar.mean == (0.4914, 0.4822, 0.4465) and cifar.std == (0.2470, 0.2435, 0.2616)
 
 
+@pytest.mark.slow
 def test_val_fraction_zero_trains_on_everything_and_reports_train_metrics(tmp_path: Path) -> None:
     spec = make_spec({"val_fraction": 0}, epochs=2, svc_probe=True, plots=True)
     assert spec.metric == "train_acc"
