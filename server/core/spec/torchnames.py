@@ -3,8 +3,9 @@
 A name resolves through a whitelist of ``torch.optim`` / ``torch.optim.lr_scheduler`` (nothing in a spec is
 executed), and every keyword is checked against the class's real signature (``inspect.signature``). vitsweep
 fills the keywords it owns (the parameters, the learning rate from ``train.lr``, fused kernels, the length of
-the run from the budget); a block that gives one of them is refused, saying where it comes from. The shared
-layer checks a block here at submission; the worker builds it with :func:`optimizer_class` and friends.
+the run from the budget); a block that gives one of them is refused, saying where it comes from. One set of
+rules for both ends: ``TrainSpec`` checks its blocks here at submission (:func:`check_keywords`,
+:func:`check_train`), and the worker builds what :func:`optimizer_recipe` and :func:`scheduler_recipe` say.
 """
 
 from __future__ import annotations
@@ -189,19 +190,19 @@ def torch_value(value: Any) -> Any:
     return value
 
 
-def construct(kind: Kind, cls: type, first: Any, keywords: Mapping[str, Any]) -> Any:
+def construct(cls: type, first: Any, keywords: Mapping[str, Any]) -> Any:
     """``cls(first, **keywords)``, torch's own value checks included (``betas`` in range, ``anneal_strategy``
     one of its choices); its errors become a :class:`BlockError` naming the keyword they mention."""
     try:
         return cls(first, **keywords)
-    except (TypeError, ValueError, KeyError, IndexError, RuntimeError, ZeroDivisionError) as exc:
+    except (TypeError, ValueError, KeyError, IndexError, RuntimeError, ArithmeticError, AssertionError) as exc:
         raise BlockError(_culprit(str(exc), keywords), f"{cls.__name__} refuses these keywords: {exc}") from None
 
 
 def _culprit(message: str, keywords: Mapping[str, Any]) -> str:
     """The keyword a torch error message names (``Invalid beta parameter`` names ``betas``), else ``""``."""
     text = message.lower()
-    for key in keywords:
+    for key in sorted(keywords, key=len, reverse=True):  # max_lr before lr
         if key.lower() in text or (key.endswith("s") and key[:-1].lower() in text):
             return key
     return ""
@@ -310,12 +311,12 @@ def check_train(train: Any) -> None:
     if recipe.weight_decay is not None:
         groups[0]["weight_decay"], groups[1]["weight_decay"] = recipe.weight_decay, 0.0
     try:
-        optimizer = construct("optimizer", recipe.cls, groups, {"lr": train.lr, **recipe.keywords})
+        optimizer = construct(recipe.cls, groups, {"lr": train.lr, **recipe.keywords})
     except BlockError as exc:
         raise BlockError(where(exc.key, "optimizer"), str(exc)) from None
     sched = scheduler_recipe(train, total_steps=100, epochs=10)
     if sched is not None:
         try:
-            construct("scheduler", sched.cls, optimizer, sched.keywords)
+            construct(sched.cls, optimizer, sched.keywords)
         except BlockError as exc:
             raise BlockError(where(exc.key, "scheduler"), str(exc)) from None
