@@ -239,3 +239,12 @@ def test_val_fraction_zero_trains_on_everything_and_reports_train_metrics(tmp_pa
     assert [p.name for p in result.artifacts] == ["curves.png"]
     assert "last" in result.checkpoints
     assert evaluate(make_model(spec), data, spec, CPU) == {}
+
+
+def test_fused_kernels_only_where_torch_has_them_on_a_gpu() -> None:
+    model = nn.Linear(4, 4)
+    cuda = torch.device("cuda")  # only read to choose the kernels: nothing is moved there
+    assert build_optimizer(model, TrainSpec(optimizer={"name": "AdamW"}), cuda).defaults["fused"] is True
+    assert build_optimizer(model, TrainSpec(optimizer={"name": "SGD", "momentum": 0.9}), cuda).defaults["fused"] is True
+    adagrad = build_optimizer(model, TrainSpec(optimizer={"name": "Adagrad"}), cuda)  # its fused kernel is CPU-only
+    assert isinstance(adagrad, torch.optim.Adagrad) and not adagrad.defaults.get("fused")

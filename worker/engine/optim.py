@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 ONECYCLE_DIV = 25.0
 ONECYCLE_FINAL_DIV = 1e4
 ONECYCLE_DEFAULT_WARMUP = 0.3
+# The optimizers with fused CUDA kernels that train.fused_optimizer switches on.
+FUSED = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD)
 
 
 def param_groups(model: nn.Module, weight_decay: float | None, *, decay_all: bool = False) -> list[dict]:
@@ -62,7 +64,7 @@ def build_optimizer(model: nn.Module, train: TrainSpec, device: torch.device | N
     if device is None:
         device = next(model.parameters()).device
     keywords = dict(recipe.keywords)
-    if takes(recipe.cls, "fused"):
+    if recipe.cls in FUSED and takes(recipe.cls, "fused"):  # others' fused kernels are CPU-only, or missing
         keywords["fused"] = True if use_fused(train.fused_optimizer, device) else None  # None: torch's foreach default
     if recipe.cls is torch.optim.SGD and keywords.get("nesterov") and not keywords.get("momentum"):
         raise ValueError(f"nesterov needs momentum > 0, got momentum={keywords.get('momentum', 0)}")
