@@ -61,7 +61,7 @@ class DataCache:
             return self._items[key]
         data = load_dataset(
             ds.name, root=root, img_size=ds.img_size, in_chans=ds.in_chans, val_fraction=ds.val_fraction,
-            seed=spec.train.seed, download=download, **ds.options,
+            seed=spec.train.seed, download=download, normalization=ds.normalization(), **ds.options,
         )
         self._items[key] = data
         while len(self._items) > self.size:

@@ -168,6 +168,8 @@ def test_unknown_keyword(name: str) -> None:
         ("vit", {"patch_embedding": "pixel"}, "patch_embedding must be one of"),
         ("vit", {"dropout": 1.5}, "dropout must be a probability"),
         ("cnn", {"depth": 0}, "depth must be a positive integer"),
+        ("cnn", {"padding": -1}, "padding must be a non-negative integer"),
+        ("cnn", {"padding": 0, "pool": True, "depth": 4}, "the feature map vanishes"),
         ("vit_conv", {"patch_size": 3}, "patch_size must divide img_size"),
         ("vit_stn", {"num_heads": 5}, "num_heads must divide hidden_dim"),
         ("swin", {"window_size": 3}, "window_size must divide the token grid"),
@@ -195,6 +197,20 @@ def test_invalid_values(name: str, arch: dict[str, Any], match: str) -> None:
         create_model(name, num_classes=2, img_size=32, **arch)
     with pytest.raises(InvalidArchError, match=match), torch.device("meta"):
         create_model(name, num_classes=2, img_size=32, **arch)
+
+
+@pytest.mark.parametrize(
+    ("arch", "code_size"),
+    [({"padding": 0, "pool": False, "hidden_dim": None}, 128), ({"padding": 0, "pool": False}, None)],
+)
+def test_cnn_is_seed_001_conv_encoder(arch: dict[str, Any], code_size: int | None) -> None:
+    """Seed 001's ConvEncoder: three unpadded 3x3 convolutions of 32 channels, a 128-wide layer, 10 classes."""
+    model = create_model("cnn", num_classes=10, img_size=28, in_chans=1, code_size=code_size, **arch)
+    assert sum(p.numel() for p in model.parameters()) == 2_002_698
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.out_channels, c.kernel_size, c.padding) for c in convs] == [(32, (3, 3), (0, 0))] * 3
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert model.num_features == 128
 
 
 def test_invalid_common_arguments() -> None:

@@ -353,6 +353,23 @@ def test_dogs_vs_cats(tmp_path: Path) -> None:
     assert isinstance(tensors, TensorImageSet) and tensors.images.shape == (2, 3, 24, 24)
 
 
+@pytest.mark.parametrize(("val_fraction", "n_val"), [(0, 0), (0.4, 4), (None, 2)])
+def test_dogs_vs_cats_hold_out_is_set_in_the_spec(tmp_path: Path, val_fraction: float | None, n_val: int) -> None:
+    """Kaggle's test1 is unlabelled: the spec says how much of train is held out (20% unless it says; 0: none)."""
+    write_kaggle(tmp_path)
+    splits = load_dataset("dogs_vs_cats", root=tmp_path, img_size=24, val_fraction=val_fraction)
+    assert len(splits.val) == n_val and len(splits.train) == 10 - n_val
+    assert sorted(splits.val.labels.tolist()) == sorted([0, 1] * (n_val // 2))  # stratified
+
+
+def test_given_normalization_replaces_the_dataset_statistics(tmp_path: Path) -> None:
+    own = load_dataset("digits", root=tmp_path, img_size=8, in_chans=1)
+    given = load_dataset("digits", root=tmp_path, img_size=8, in_chans=1, normalization=((0.5,), (0.25,)))
+    assert own.mean != (0.5,) and (given.mean, given.std) == ((0.5,), (0.25,))
+    with pytest.raises(ValueError, match="needs 1 mean and std"):
+        load_dataset("digits", root=tmp_path, img_size=8, in_chans=1, normalization=((0.5, 0.5), (0.2, 0.2)))
+
+
 def test_imagefolder(tmp_path: Path) -> None:
     write_imagefolder(tmp_path / "custom" / "bugs")
     gray = np.full((1, 24, 24), 77, dtype=np.uint8)

@@ -68,7 +68,7 @@ def test_optimizers_decay_only_matrices(optimizer: str) -> None:
     sched = build_scheduler(opt, TrainSpec(optimizer=optimizer), steps_per_epoch=2, total_steps=4)
     model(torch.randn(2, 4)).sum().backward()
     opt.step()
-    sched.step()
+    sched.after_step()
     assert opt.param_groups[0]["lr"] < TrainSpec().lr
 
 

@@ -251,3 +251,33 @@ def test_compile_cache_is_shared_under_home(tmp_path, monkeypatch) -> None:  # t
     assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "cache" / "inductor" / "triton")
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))  # the user's choice wins
     assert share_compile_cache(tmp_path / "other") == tmp_path / "mine"
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_torch_named_training_without_validation_end_to_end(client, settings, backends) -> None:  # type: ignore[no-untyped-def]
+    """A grid over a torch block's keyword, no validation split, a step budget: the real worker trains it, Optuna
+    and the store take train_acc as the objective, MLflow holds training metrics only."""
+    spec = quick_spec(
+        dataset={"normalize": {"mean": [0.5], "std": [0.5]}, "val_fraction": 0},
+        train={"optimizer": {"name": "SGD", "momentum": 0.9}, "lr": 0.05, "max_steps": 3, "epochs": 50,
+               "scheduler": {"name": "OneCycleLR", "anneal_strategy": "linear"}, "svc_probe": True},
+        search=None, matrix={"train.optimizer.nesterov": [False, True]},
+    )
+    sweep = client.post("/api/v1/sweeps", json=spec).json()
+    assert sweep["metric"] == "train_acc"
+    _run_worker(settings, backends)
+    trials = client.get(f"/api/v1/sweeps/{sweep['id']}/trials").json()
+    assert [t["state"] for t in trials] == ["completed"] * 2, [t["error"] for t in trials]
+    study = optuna.load_study(study_name=sweep["study_name"], storage=backends.storage)
+    mlflow = backends.tracker.client
+    for t in trials:
+        run = mlflow.get_run(t["mlflow_run_id"])
+        # 64 synthetic samples, all trained on, in batches of 32: 2 steps per epoch, the 3-step budget in 2 epochs.
+        assert [m.step for m in mlflow.get_metric_history(run.info.run_id, "train_acc")] == [1, 2]
+        assert run.data.metrics["inputs_seen"] == 3 * 32
+        assert not any(k.startswith("val_") for k in run.data.metrics) and "svc_acc" not in run.data.metrics
+        assert run.data.params["train.optimizer.nesterov"] == str(t["params"]["train.optimizer.nesterov"]).lower()
+        best = max(m.value for m in mlflow.get_metric_history(run.info.run_id, "train_acc"))
+        assert t["value"] == pytest.approx(best)
+        (ot,) = [o for o in study.trials if o.number == t["optuna_trial_number"]]
+        assert ot.value == pytest.approx(best)

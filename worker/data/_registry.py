@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -43,6 +44,7 @@ def load_dataset(
     val_fraction: float | None = None,
     seed: int = 0,
     download: bool = False,
+    normalization: tuple[Sequence[float], Sequence[float]] | None = None,
     **options: Any,
 ) -> DatasetSplits:
     """Load dataset ``name`` from its sub-folder of ``root`` as train/val splits at ``img_size``.
@@ -53,9 +55,12 @@ def load_dataset(
         img_size: images come out ``img_size x img_size`` (antialiased bilinear).
         in_chans: channels of the output; grayscale is repeated, RGB becomes luminance for 1.
         val_fraction: None uses the official test/val split (a stratified 20% hold-out where there is none);
-            a float holds out that stratified, seeded fraction of the training split instead.
+            a float holds out that stratified, seeded fraction of the training split instead; 0 trains on all of
+            it and leaves the validation set empty.
         seed: seeds hold-outs, caps and generated data splits.
         download: fetch missing files where the dataset can (needs a network).
+        normalization: per-channel ``(mean, std)`` on the [0, 1] scale for the splits to carry; None: the
+            dataset's own statistics.
         **options: dataset-specific options; every dataset takes ``max_train`` and ``max_val`` caps.
 
     Raises:
@@ -66,4 +71,4 @@ def load_dataset(
     loader = get_loader(name)(
         Path(root), img_size=img_size, in_chans=in_chans, seed=seed, download=download, options=options
     )
-    return loader.load(val_fraction)
+    return loader.load(val_fraction, normalization)

@@ -9,8 +9,11 @@ with a ``read`` method. Image sets live in ``images``, splits and statistics in 
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
+
+import numpy as np
 
 from worker.data.images import FileImageSet, ImageSet, TensorImageSet, convert_channels, resize_images
 from worker.data.splits import DatasetSplits, RawData, RawSplit, channel_stats, stratified_pick
@@ -119,9 +122,20 @@ class DatasetLoader(abc.ABC):
         if missing:
             raise DataNotFoundError(self.missing_message(missing[0]))
 
-    def load(self, val_fraction: float | None) -> DatasetSplits:
-        if val_fraction is not None and not 0 < val_fraction < 1:
-            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction=}")
+    def load(
+        self, val_fraction: float | None, normalization: tuple[Sequence[float], Sequence[float]] | None = None
+    ) -> DatasetSplits:
+        """Train and validation splits; ``val_fraction=0`` keeps every training image and an empty validation set.
+
+        ``normalization`` is the per-channel ``(mean, std)`` to use (see ``DatasetSpec.normalization``); None
+        uses the dataset's own: its published statistics, else those of the training split.
+        """
+        if val_fraction is not None and not 0 <= val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction=}")
+        if normalization is not None:
+            mean_given, std_given = (tuple(float(v) for v in x) for x in normalization)
+            if len(mean_given) != self.in_chans or len(std_given) != self.in_chans:
+                raise ValueError(f"normalization needs {self.in_chans} mean and std values, got {normalization}")
         self.ensure_files()
         raw = self.read(with_val=val_fraction is None and self.official_val)
         if not raw.classes:
@@ -137,7 +151,9 @@ class DatasetLoader(abc.ABC):
                     f"dataset {self.name!r} at {self.path}: labels span {split.labels.min()}..{split.labels.max()}, "
                     f"expected 0..{len(raw.classes) - 1}"
                 )
-        if val_fraction is not None or val is None:
+        if val_fraction == 0:
+            val = train.take(np.empty(0, dtype=np.int64))
+        elif val_fraction is not None or val is None:
             fraction = DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
             count = min(len(train.labels) - 1, max(1, round(fraction * len(train.labels))))
             if count < 1:
@@ -149,7 +165,7 @@ class DatasetLoader(abc.ABC):
         train = self._cap(train, self.opts["max_train"])
         val = self._cap(val, self.opts["max_val"])
         train_set, val_set = self._materialise(train), self._materialise(val)
-        mean, std = self._stats(train_set)
+        mean, std = self._stats(train_set) if normalization is None else (mean_given, std_given)
         return DatasetSplits(
             train=train_set, val=val_set, classes=list(raw.classes), mean=mean, std=std, name=self.name
         )

@@ -18,8 +18,8 @@ _NAME = re.compile(r"^(cat|dog)\.(\d+)\.jpe?g$", re.IGNORECASE)
 
 @register_dataset
 class DogsVsCats(DatasetLoader):
-    """25k labelled photos of varying size, decoded per item; a stratified 20% hold-out for validation
-    (Kaggle's ``test1`` is unlabelled). Normalised with the ImageNet statistics, the usual choice for photos.
+    """25k labelled photos of varying size, decoded per item; a stratified hold-out for validation, 20% unless
+    ``dataset.val_fraction`` says (0: none; Kaggle's ``test1`` is unlabelled). Normalised with the ImageNet statistics, the usual choice for photos.
     """
 
     name = "dogs_vs_cats"

@@ -41,7 +41,8 @@ def plot_curves(history: Sequence[dict[str, float]], path: Path) -> Path:
     epochs = [h["epoch"] for h in history]
     for ax, key, title in ((loss_ax, "loss", "Loss"), (acc_ax, "acc", "Accuracy")):
         ax.plot(epochs, [h[f"train_{key}"] for h in history], "o-", label="train")
-        ax.plot(epochs, [h[f"val_{key}"] for h in history], "s-", label="validation")
+        if all(f"val_{key}" in h for h in history):  # a run without validation (val_fraction: 0) has none
+            ax.plot(epochs, [h[f"val_{key}"] for h in history], "s-", label="validation")
         ax.set_xlabel("epoch")
         ax.set_title(title)
         ax.grid(alpha=0.3)

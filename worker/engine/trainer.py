@@ -67,10 +67,10 @@ class _Run:
         augment = build_augment(spec.dataset.augment, img_size=spec.dataset.img_size)
         self.prep = Preprocess(data.mean, data.std, augment)
         self.classes = class_names(data, data.num_classes)
-        self.budget = Budget(len(self.train_src), t.batch_size, t.epochs, t.max_inputs)
+        self.budget = Budget(len(self.train_src), t.batch_size, t.epochs, t.max_inputs, t.max_steps)
         self.optimizer = build_optimizer(model, t, device=device)
         self.scheduler = build_scheduler(self.optimizer, t, steps_per_epoch=self.budget.steps_per_epoch,
-                                         total_steps=self.budget.total_steps)
+                                         total_steps=self.budget.total_steps, epochs=self.budget.epochs)
         self.scaler = self.precision.grad_scaler()
         self.train_loss = build_loss(t.loss, label_smoothing=t.label_smoothing)
         self.eval_loss = build_loss(t.loss)  # unsmoothed, so val_loss compares across label_smoothing values
@@ -150,7 +150,7 @@ class _Run:
                 nn.utils.clip_grad_norm_(model.parameters(), clip)
             scaler.step(optimizer)
             scaler.update()
-            self.scheduler.step()
+            self.scheduler.after_step()
             loss_sum += loss.detach().double() * len(labels)
             correct += (predictions(outputs.detach()) == labels).sum()
             seen += len(labels)
@@ -169,6 +169,9 @@ class _Run:
         }
 
     def validate(self) -> dict[str, float]:
+        """Validation loss and accuracy; nothing for a run without a validation split (``val_fraction: 0``)."""
+        if len(self.val_src) == 0:
+            return {}
         loss, acc = loss_and_accuracy(self.runner, self.val_src, self.prep, self.precision, self.eval_loss,
                                       module=self.model)
         return {"val_loss": loss, "val_acc": acc}
@@ -259,10 +262,11 @@ def _train(
         start = time.perf_counter()
         metrics = run.train_epoch(epoch)
         metrics.update(run.validate())
+        run.scheduler.after_epoch(metrics)
         metrics["epoch_seconds"] = time.perf_counter() - start
         p.epoch = epoch
         p.history.append({"epoch": float(epoch), **metrics})
-        if metrics["val_acc"] > p.best_val_acc:
+        if metrics.get("val_acc", float("-inf")) > p.best_val_acc:
             p.best_val_acc, p.best_epoch = metrics["val_acc"], epoch
             run.save_best(best, metrics)
         due = epoch % every == 0 or epoch == run.budget.epochs
@@ -300,8 +304,11 @@ def _finish(run: _Run, workdir: Path, last: Path, best: Path) -> FitResult:
 
 
 def evaluate(model: nn.Module, data: DatasetSplits, spec: ExperimentSpec, device: torch.device) -> dict[str, Any]:
-    """Validation loss and accuracy of ``model`` as it stands (``val_loss``, ``val_acc``), as ``fit`` computes them."""
+    """Validation loss and accuracy of ``model`` as it stands (``val_loss``, ``val_acc``), as ``fit`` computes them;
+    empty without a validation split."""
     t = spec.train
+    if len(data.val) == 0:  # no validation split (val_fraction: 0): nothing to evaluate on
+        return {}
     model.to(device)
     precision: Precision = resolve_precision(t.precision, device)
     source: BatchSource = make_batches(data.val, batch_size=t.batch_size, device=device,

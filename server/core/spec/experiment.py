@@ -14,13 +14,17 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
+from server.core.exceptions import SpecError
 from server.core.objectives import Direction
 from server.core.spec import matrix as matrices
 from server.core.spec.paths import set_path
 from server.core.spec.search import CategoricalParam, SearchSpec
-from server.core.spec.sections import DatasetSpec, ModelSpec, Strict, TrainSpec
+from server.core.spec.sections import DatasetSpec, ModelSpec, Strict, TrainSpec, error_at
+from server.core.spec.torchnames import MONITOR_DEFAULT, PLATEAU
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+# What a trial without a validation split (val_fraction: 0) cannot report.
+NEEDS_VALIDATION = ("val_acc", "val_loss", "svc_acc")
 
 
 class ExperimentSpec(Strict):
@@ -46,11 +50,34 @@ class ExperimentSpec(Strict):
             raise ValueError("give at most one of 'search' or 'matrix' (neither: a single run)")
         return self
 
+    @model_validator(mode="after")
+    def _train_metrics_without_validation(self) -> ExperimentSpec:
+        """With ``val_fraction: 0`` there is no validation split: objectives and the plateau's monitor must be
+        training metrics."""
+        if self.dataset.val_fraction != 0:
+            return self
+        hint = "; with dataset.val_fraction: 0 there is no validation split, use train_acc or train_loss"
+        if self.search is not None:
+            field = "metrics" if self.search.metrics else "metric"
+            bad = [m for m in self.objectives if m in NEEDS_VALIDATION]
+            if bad:
+                raise error_at(("search", field), f"{field} {', '.join(bad)} needs validation{hint}", bad[0])
+        block = self.train.scheduler
+        if isinstance(block, str) or block.name != PLATEAU:
+            return self
+        monitor = block.keywords.get("monitor", MONITOR_DEFAULT)
+        if monitor in NEEDS_VALIDATION:
+            raise error_at(("train", "scheduler", "monitor"), f"ReduceLROnPlateau monitors {monitor}{hint}", monitor)
+        return self
+
     # -- derived views ------------------------------------------------------------------------------------
 
     @property
     def metric(self) -> str:
-        return self.search.metric if self.search else "val_acc"
+        """The (first) objective: a search's, else validation accuracy (training accuracy without validation)."""
+        if self.search:
+            return self.search.metric
+        return "train_acc" if self.dataset.val_fraction == 0 else "val_acc"
 
     @property
     def direction(self) -> Direction:
@@ -139,7 +166,11 @@ class ExperimentSpec(Strict):
         """
         data = self.model_dump(mode="json", exclude={"matrix"})
         for path, value in params.items():
-            set_path(data, path, value)
+            try:
+                set_path(data, path, value)
+            except ValueError as exc:
+                raise SpecError(self.plan_loc(path), f"{exc}; give that section as a block, e.g. "
+                                "train.optimizer: {name: AdamW}, to search its keywords") from None
         model = data["model"]
         by_model = model.pop("arch_by_model", None) or {}
         if isinstance(model.get("arch"), dict):

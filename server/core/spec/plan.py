@@ -84,10 +84,9 @@ def validate_plan(spec: ExperimentSpec, catalog: Catalog, *, build_model: bool =
     for point, varied, origin in corners[:MAX_CHECKED_POINTS]:
         try:
             resolved = spec.resolve(point)
-        except (ValidationError, ValueError) as exc:
-            if not isinstance(exc, ValidationError):  # set_path: a path through a value that is not a section
-                culprit = next(iter(point), "")
-                raise SpecError(spec.plan_loc(culprit, origin), str(exc)) from None
+        except SpecError as exc:  # a path through a value that is not a section
+            raise SpecError(spec.plan_loc(str(exc.loc[-1]), origin), exc.msg) from None
+        except ValidationError as exc:
             err = exc.errors()[0]
             path = ".".join(str(p) for p in err["loc"])
             culprit = next((p for p in point if path.startswith(p) or p.startswith(path)), path)
