@@ -50,8 +50,14 @@ class ExperimentSpec(Strict):
     def _one_plan(self) -> ExperimentSpec:
         if (self.search is None) == (self.matrix is None):
             raise ValueError("give exactly one of 'search' or 'matrix'")
-        if self.matrix is not None and math.prod(len(v) for v in self.matrix.values()) > MAX_TRIALS:
-            raise ValueError(f"the matrix has more than {MAX_TRIALS} combinations")
+        if self.is_grid:  # counted from the axes' lengths, before any combination is built
+            sizes = [len(v) for v in self.grid_axes().values()]
+            if math.prod(sizes) > MAX_TRIALS:
+                plan = "the matrix" if self.matrix is not None else "the grid search's space"
+                raise ValueError(
+                    f"{plan} has more than {MAX_TRIALS} combinations: {' x '.join(map(str, sizes))} = "
+                    f"{math.prod(sizes)}, one trial each"
+                )
         return self
 
     # -- derived views ------------------------------------------------------------------------------------

@@ -7,8 +7,9 @@ catalog, and every architecture builds (on PyTorch's meta device: nothing is all
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from pydantic import ValidationError
@@ -17,29 +18,38 @@ from server.core.exceptions import SpecError
 from server.core.samplers import make_pruner, make_sampler
 from server.core.spec.catalog import Catalog
 from server.core.spec.experiment import ExperimentSpec
+from server.core.spec.limits import MAX_PARAM_COUNT
 from server.core.spec.search import CategoricalParam, SearchSpec, first_value
 from server.core.spec.sections import check_path
 
 MAX_CHECKED_POINTS = 256
 
 
-def search_corners(spec: ExperimentSpec) -> list[tuple[dict[str, Any], str | None]]:
+def search_corners(spec: ExperimentSpec, limit: int = MAX_CHECKED_POINTS) -> list[tuple[dict[str, Any], str | None]]:
     """Points that together touch every bound and choice of the space, each with the path it varies
-    (None for the base point): enough to check that the whole space is valid."""
+    (None for the base point): enough to check that the whole space is valid. At most ``limit`` of them are
+    made (a grid's first combinations), so a large space costs no more than the points checked."""
+    return list(itertools.islice(_corners(spec), limit))
+
+
+def _corners(spec: ExperimentSpec) -> Iterator[tuple[dict[str, Any], str | None]]:
     if spec.is_grid:
-        return [(p, None) for p in spec.grid_points()]
+        axes = spec.grid_axes()
+        for combo in itertools.product(*axes.values()):
+            yield dict(zip(axes, combo, strict=True)), None
+        return
     assert spec.search is not None
     base = {p: first_value(d) for p, d in spec.search.space.items()}
-    points: list[tuple[dict[str, Any], str | None]] = [(base, None)]
+    yield base, None
     for path, dist in spec.search.space.items():
         values = dist.choices[1:] if isinstance(dist, CategoricalParam) else [dist.high]
         # A model's own keyword only matters when that model is chosen: check it with that model.
         keys = path.split(".")
         pinned = {"model.name": keys[2]} if keys[:2] == ["model", "arch_by_model"] and "model.name" in base else {}
         if pinned:
-            points.append(({**base, **pinned}, path))
-        points.extend(({**base, **pinned, path: v}, path) for v in values)
-    return points
+            yield {**base, **pinned}, path
+        for v in values:
+            yield {**base, **pinned, path: v}, path
 
 
 def model_choices(spec: ExperimentSpec) -> list[Any]:
@@ -55,8 +65,16 @@ def model_choices(spec: ExperimentSpec) -> list[Any]:
     return [spec.model.name]
 
 
-def validate_plan(spec: ExperimentSpec, catalog: Catalog, *, build_model: bool = True) -> None:
+BuildHook = Callable[[tuple[str, ...], str], None]
+
+
+def validate_plan(
+    spec: ExperimentSpec, catalog: Catalog, *, build_model: bool = True, on_build: BuildHook | None = None
+) -> None:
     """Check every path, every grid point and every bound of the space resolves to a runnable spec.
+
+    ``on_build(loc, what)`` is called before each model is built with where to blame it and what it is, so a
+    caller that stops a slow check (``server.core.spec.isolation``) can say which model it stopped.
 
     Raises:
         SpecError: naming the matrix or search entry at fault (or the base spec's field).
@@ -71,14 +89,15 @@ def validate_plan(spec: ExperimentSpec, catalog: Catalog, *, build_model: bool =
             raise SpecError(spec.plan_loc(path), str(exc)) from None
     _check_arch_blocks(spec, paths)
     seen: set[str] = set()
-    for point, varied in search_corners(spec)[:MAX_CHECKED_POINTS]:
+    for point, varied in search_corners(spec):
         try:
             resolved = spec.resolve(point)
         except ValidationError as exc:
             err = exc.errors()[0]
             path = ".".join(str(p) for p in err["loc"])
-            culprit = next((p for p in point if path.startswith(p) or p.startswith(path)), path)
-            raise SpecError(spec.plan_loc(culprit), f"{path} = {point.get(culprit)!r}: {err['msg']}") from None
+            matches = [p for p in point if path.startswith(p) or p.startswith(path)]
+            culprit = varied if varied in matches else next(iter(matches), path)
+            raise SpecError(spec.plan_loc(culprit), f"{culprit} = {point.get(culprit)!r}: {err['msg']}") from None
         _check_names(spec, resolved, point, catalog)
         if not build_model:
             continue
@@ -86,7 +105,23 @@ def validate_plan(spec: ExperimentSpec, catalog: Catalog, *, build_model: bool =
         if key in seen:
             continue
         seen.add(key)
-        _check_model(spec, resolved, point, varied)
+        loc, what = _build_blame(spec, resolved, point, varied)
+        if on_build is not None:
+            on_build(loc, what)
+        _check_model(resolved, loc, what)
+
+
+def _build_blame(
+    spec: ExperimentSpec, resolved: ExperimentSpec, point: dict[str, Any], varied: str | None
+) -> tuple[tuple[str, ...], str]:
+    """Where a model that cannot be built is blamed (the searched path that made this point differ from a
+    buildable one; the base spec's arch otherwise), and the model in words."""
+    if spec.matrix is not None:
+        culprit = varied or next((p for p in point if p.startswith("model.")), None)
+    else:
+        culprit = varied
+    loc = spec.plan_loc(culprit) if culprit is not None else ("model", "arch")
+    return loc, f"model {resolved.model.name!r}" + (f" with {point}" if point else "")
 
 
 def _blame(spec: ExperimentSpec, point: dict[str, Any], field: str, default: tuple[str, ...]) -> tuple[str, ...]:
@@ -141,15 +176,16 @@ def _check_search_options(search: SearchSpec) -> None:
             raise SpecError(("search", field), f"{field.split('_')[0]} {kind!r} refuses these options: {exc}") from None
 
 
-def _check_model(spec: ExperimentSpec, resolved: ExperimentSpec, point: dict[str, Any], varied: str | None) -> None:
-    """Build the model on the meta device: catches bad architectures without allocating anything."""
+def _check_model(resolved: ExperimentSpec, loc: tuple[str, ...], what: str) -> None:
+    """Build the model on the meta device: catches bad architectures without allocating any weights, and
+    counts its parameters."""
     import torch
 
     from vitmodels import create_model
 
     try:
         with torch.device("meta"):
-            create_model(
+            model = create_model(
                 resolved.model.name,
                 num_classes=10,
                 img_size=resolved.dataset.img_size,
@@ -158,11 +194,10 @@ def _check_model(spec: ExperimentSpec, resolved: ExperimentSpec, point: dict[str
                 **resolved.model.arch,
             )
     except (ValueError, TypeError) as exc:
-        # Blame the searched path that made this point differ from a buildable one; the base spec otherwise.
-        if spec.matrix is not None:
-            culprit = varied or next((p for p in point if p.startswith("model.")), None)
-        else:
-            culprit = varied
-        loc = spec.plan_loc(culprit) if culprit is not None else ("model", "arch")
-        where = f" with {point}" if point else ""
-        raise SpecError(loc, f"model {resolved.model.name!r} cannot be built{where}: {exc}") from None
+        raise SpecError(loc, f"{what} cannot be built: {exc}") from None
+    count = sum(p.numel() for p in model.parameters())
+    if count > MAX_PARAM_COUNT:
+        raise SpecError(
+            loc, f"{what} has {count:,} parameters, more than {MAX_PARAM_COUNT:,}: at 16 bytes a parameter (weights, "
+            "gradients, Adam's moments) no single device trains it"
+        )

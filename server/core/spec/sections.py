@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from server.core.datapaths import check_relative
-from server.core.spec.limits import MAX_EPOCHS, MAX_KEYS, MAX_STR, check_mapping, short_repr
+from server.core.spec.limits import MAX_EPOCHS, MAX_KEYS, MAX_STR, check_arch_ints, check_mapping, short_repr
 from server.core.spec.paths import check_path_syntax
 
 SECTIONS = ("dataset", "model", "train")
@@ -60,7 +60,9 @@ class ModelSpec(Strict):
     @field_validator("arch")
     @classmethod
     def _bounded_arch(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return check_mapping(value, "arch")
+        check_mapping(value, "arch")
+        check_arch_ints(value, "arch")
+        return value
 
     @field_validator("arch_by_model")
     @classmethod
@@ -71,6 +73,7 @@ class ModelSpec(Strict):
             if not isinstance(name, str) or not is_model(name):
                 raise ValueError(f"arch_by_model has a block for {short_repr(name)}, which is not a registered model")
             check_mapping(block, f"arch_by_model.{name}")
+            check_arch_ints(block, f"arch_by_model.{name}")
         return value
 
     def arch_for(self, name: str) -> dict[str, Any]:
