@@ -2,20 +2,22 @@
 scripts served from the installed ``fastapi-offline`` package, not a CDN, so the docs work on an offline cluster).
 
 The shared layer's errors become HTTP responses here, once: not found 404, conflict 409, a spec that cannot
-run 422 (with the path of the bad field, like pydantic's own errors), Optuna or MLflow down 503, the database
-away 503.
+run 422 (with the path of the bad field, like pydantic's own errors), Optuna or MLflow down 503, every spec
+check busy 503 (with Retry-After), the database away 503.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 from fastapi import FastAPI, Request, status
 from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import (
     get_openapi,
     validation_error_definition,
@@ -27,6 +29,7 @@ from fastapi_offline import FastAPIOffline
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from server.api.checks import plan_checker
 from server.api.deps import ReadAuthorized
 from server.api.responses import COMMON
 from server.api.routes import catalog as catalog_routes
@@ -34,7 +37,7 @@ from server.api.routes import compare, health, reports, sweeps
 from server.core.backends import Backends, make_backends
 from server.core.config import Settings
 from server.core.db import is_transient
-from server.core.exceptions import BackendError, ConflictError, NotFoundError, SpecError
+from server.core.exceptions import BackendError, BusyError, ConflictError, NotFoundError, SpecError
 from server.core.spec import Catalog, ExperimentSpec
 from server.maintenance import enforce_limits
 
@@ -62,6 +65,8 @@ def create_app(settings: Settings | None = None, backends: Backends | None = Non
             migrations.upgrade(settings.db_url)
             app.state.backends = make_backends(settings)
             _ = app.state.backends.tracker.experiment_id  # create the MLflow store and experiment now, not mid-request
+            # The spec checks' fork server imports torch and the models (seconds): start it now, in the background.
+            threading.Thread(target=plan_checker(app).warm, daemon=True, name="plan-check-warmup").start()
         else:
             app.state.backends = backends
         # Deadlines and leases hold with no worker running (the workers enforce them too).
@@ -111,7 +116,9 @@ def _map_errors(app: FastAPI) -> None:
     app.add_exception_handler(NotFoundError, detail(status.HTTP_404_NOT_FOUND))
     app.add_exception_handler(ConflictError, detail(status.HTTP_409_CONFLICT))
     app.add_exception_handler(BackendError, detail(status.HTTP_503_SERVICE_UNAVAILABLE))
+    app.add_exception_handler(BusyError, _busy)
     app.add_exception_handler(SpecError, _spec_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(DBAPIError, _database_error)
     app.add_exception_handler(PoolTimeoutError, _database_error)
 
@@ -120,7 +127,36 @@ async def _spec_error(request: Request, exc: Exception) -> JSONResponse:
     """A spec that parsed but cannot run: 422 shaped like a validation error, located at the bad field."""
     assert isinstance(exc, SpecError)
     body = [{"loc": ["body", *exc.loc], "msg": exc.msg, "type": "value_error"}]
-    return JSONResponse({"detail": jsonable_encoder(body)}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+    return JSONResponse({"detail": _encodable(jsonable_encoder(body))}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's own 422, with the input it quotes made encodable (a JSON ``"\ud800"`` is a lone surrogate,
+    which UTF-8 cannot carry: the default handler fails on it with a 500 and a reset connection)."""
+    assert isinstance(exc, RequestValidationError)
+    return JSONResponse({"detail": _encodable(jsonable_encoder(exc.errors()))}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+
+def _encodable(value: Any) -> Any:
+    """``value`` with every string that UTF-8 cannot encode written with backslash escapes (``\ud800``)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+        return value
+    if isinstance(value, dict):
+        return {_encodable(k): _encodable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_encodable(v) for v in value]
+    return value
+
+
+async def _busy(request: Request, exc: Exception) -> JSONResponse:
+    """The server is at capacity for this request: 503 with when to try again."""
+    assert isinstance(exc, BusyError)
+    return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+                        headers={"Retry-After": str(exc.retry_after)})
 
 
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:

@@ -65,6 +65,19 @@ class Settings(BaseSettings):
         description="How often the API ends sweeps past their timeout and reaps expired leases (0: never).",
     )
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
+    spec_check_seconds: float = Field(
+        default=10.0, gt=0, le=3600,
+        description="A submission's plan check (every model it can build, on the meta device) may take this long; "
+        "then it is stopped and the spec refused (422) naming the model being built.",
+    )
+    spec_check_memory_mb: int = Field(
+        default=2048, ge=64, le=1 << 20, description="Memory a plan check may take beyond what its process starts with.",
+    )
+    spec_checks: int = Field(
+        default=2, ge=1, le=64,
+        description="Plan checks run at once (each in a process of its own); a submission that waits longer than "
+        "spec_check_seconds for its turn gets 503 with Retry-After.",
+    )
     db_wait_seconds: float = Field(
         default=45.0, ge=0, le=3600,
         description="How long a worker waits for an unreachable database (a PostgreSQL restart) before giving up.",

@@ -24,6 +24,15 @@ class BackendError(VitsweepError):
     """Optuna or MLflow failed while a sweep was being created; nothing was kept (HTTP 503)."""
 
 
+class BusyError(VitsweepError):
+    """The server cannot take this request now (its spec checks are all busy); nothing was stored (HTTP 503 with
+    Retry-After, in seconds)."""
+
+    def __init__(self, msg: str, retry_after: int = 5) -> None:
+        super().__init__(msg)
+        self.retry_after = retry_after
+
+
 class SpecError(VitsweepError, ValueError):
     """A spec that parsed but cannot run (HTTP 422); ``loc`` is the path of the bad field."""
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Select, case, delete, func, select, update
+from sqlalchemy import Select, case, delete, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from server.core import queue, studies
@@ -49,10 +49,13 @@ def create_sweep(backends: Backends, spec: ExperimentSpec) -> Sweep:
         )
         session.add(sweep)
         session.flush()
-        session.add_all(
-            Trial(sweep_id=sweep.id, number=i, params=p, slug=slug(p) if p else None, state=TrialState.queued)
+        # One bulk INSERT (executemany), not an ORM object per trial: a 10,000-point grid is stored in a fraction
+        # of the time, holding the interpreter (and the API's other threads) that much less.
+        session.execute(insert(Trial), [
+            {"sweep_id": sweep.id, "number": i, "params": p, "slug": slug(p) if p else None,
+             "state": TrialState.queued}
             for i, p in enumerate(points)
-        )
+        ])
         sweep_id = sweep.id
     name = studies.study_name(sweep_id, spec.name)
     try:

@@ -27,9 +27,11 @@ FEWER_EXAMPLES = {"GET /api/v1/models": 5}
 @pytest.fixture
 def app(pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     import migrations
+    from server.api.checks import plan_checker
     from server.core.backends import make_backends
     from server.core.config import Settings
     from server.main import create_app
+    from vitmodels import describe_models
 
     for key in list(os.environ):
         if key.startswith("VITSWEEP_"):
@@ -37,7 +39,12 @@ def app(pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     config = Settings(home=tmp_path / "home", database_url=pg_url, api_token=TOKEN)
     migrations.upgrade(config.db_url)
     backends = make_backends(config)
-    yield create_app(config, backends)
+    app = create_app(config, backends)
+    # Imports of seconds, not within a request's timeout: the spec checks' fork server (torch and the models), and
+    # the models' upstream code in this process (GET /models builds every model; the API imports torch for it).
+    plan_checker(app).warm()
+    describe_models(img_size=32)
+    yield app
     backends.sessions.kw["bind"].dispose()
 
 

@@ -335,6 +335,18 @@ BAD_INPUTS: list[tuple[str, str, str, int, str]] = [
     ("matrix-too-big", *_json(quick_spec(search=None, matrix={"train.seed": list(range(200)),
                                                               "train.batch_size": list(range(1, 101))})), 422,
      "more than 10000 combinations"),
+    ("grid-search-too-big", *_json(quick_spec(search={"sampler": "grid", "n_trials": 1, "space": {
+        "train.seed": {"type": "categorical", "choices": list(range(150))},
+        "train.batch_size": {"type": "categorical", "choices": list(range(1, 151))}}})), 422,
+     "more than 10000 combinations: 150 x 150 = 22500"),
+    ("arch-int-too-big", *_json(quick_spec(model={"name": "cnn", "arch": {"width": 2**40}})), 422, "at most 65536"),
+    ("lone-surrogate", _json(quick_spec())[0].replace('"quick"', '"\\ud800"'), "application/json", 422,
+     "lone surrogate"),
+    # A key given twice would silently take its last value.
+    ("json-duplicate-key", _json(quick_spec())[0].replace('"lr": 0.001', '"lr": 0.001, "lr": 0.1'), "application/json",
+     422, "duplicate key 'lr'"),
+    ("yaml-duplicate-key", yaml.safe_dump(quick_spec()) + "name: again\n", "application/yaml", 422,
+     "duplicate key 'name'"),
     # Paths from a spec stay inside the data directory, refused at submission rather than failing a trial.
     ("pretrained-absolute", *_json(quick_spec(model={"name": "cnn", "pretrained": "/etc/passwd"})), 422,
      "relative to the data directory"),
@@ -432,3 +444,11 @@ def test_messages_name_the_bad_field(shared: tuple[TestClient, Any, Settings]) -
     assert error["loc"] == ["body", "model", "pretrained"]
     assert re.search(r"model\.pretrained must be relative to the data directory, got absolute path '/etc/passwd'",
                      error["msg"])
+
+
+def test_a_duplicate_key_is_named_by_its_path(shared: tuple[TestClient, Any, Settings]) -> None:
+    text = "train:\n  lr: 0.001\n  epochs: 1\n  lr: 0.1\n" + yaml.safe_dump({k: v for k, v in quick_spec().items() if k != "train"})
+    r = shared[0].post("/api/v1/sweeps", content=text, headers={**_auth(), "content-type": "application/yaml"})
+    assert r.status_code == 422, r.text
+    (error,) = r.json()["detail"]
+    assert error["loc"] == ["body", "train", "lr"] and "duplicate key 'lr': train gives it more than once" in error["msg"]

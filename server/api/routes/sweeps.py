@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 import yaml
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi import Path as PathParam
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from server.api.deps import Authorized, BackendsDep, CatalogDep, SessionsDep, SettingsDep
+from server.api.checks import check_plan
+from server.api.deps import Authorized, BackendsDep, SessionsDep, SettingsDep
 from server.api.responses import INVALID, NO_SWEEP, Responses, error
 from server.core import sweeps
 from server.core.models import SweepState, Trial, TrialState
-from server.core.spec import Catalog, ExperimentSpec, check_document, validate_plan
+from server.core.spec import ExperimentSpec, check_document, load_json, load_yaml
 from server.schemas import SweepPage, SweepPublic, TrialPublic, TrialsAdd
 
 router = APIRouter(prefix="/sweeps", tags=["sweeps"])
@@ -24,6 +25,7 @@ MAX_ID = 2**31 - 1  # ids are 32-bit integer columns; larger ones cannot exist a
 SweepId = Annotated[int, PathParam(ge=1, le=MAX_ID, description="A sweep's id.")]
 
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
+JSON_TYPES = ("application/json", "text/json", "", "*/*")
 # A valid spec for the docs' "Try it out" (and for schemathesis' examples phase).
 EXAMPLE_SPEC: dict[str, Any] = {
     "name": "vit-digits-lr",
@@ -62,9 +64,9 @@ def _bad_body(msg: str, typ: str = "body_parse") -> RequestValidationError:
     return RequestValidationError([{"loc": ("body",), "msg": msg, "type": typ}])
 
 
-async def parse_spec_body(request: Request, max_bytes: int, catalog: Catalog) -> ExperimentSpec:
+async def parse_spec_body(request: Request, max_bytes: int) -> ExperimentSpec:
     """Read a JSON or YAML spec; every failure becomes a 4xx naming the problem (and its field path): a
-    ``SpecError`` is turned into a 422 by the app's error handler."""
+    ``SpecError`` is turned into a 422 by the app's error handler. Parsing runs in a worker thread."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"the spec is larger than {max_bytes} bytes")
@@ -78,39 +80,41 @@ async def parse_spec_body(request: Request, max_bytes: int, catalog: Catalog) ->
     if not body.strip():
         raise _bad_body("the request body is empty; send an experiment spec as JSON or YAML")
     ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if ctype not in YAML_TYPES and ctype not in JSON_TYPES:
+        raise HTTPException(
+            status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, f"send the spec as application/json or application/yaml, not {ctype!r}"
+        )
+    return await run_in_threadpool(_parse_spec, body, ctype in YAML_TYPES)
+
+
+def _parse_spec(body: bytes, is_yaml: bool) -> ExperimentSpec:
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise _bad_body("the spec is not valid UTF-8") from None
-    if ctype in YAML_TYPES:
+    if is_yaml:
         try:
-            data = yaml.safe_load(text)  # safe_load: no Python tags, nothing executed
+            data = load_yaml(text)  # safe: no Python tags, nothing executed
         except yaml.YAMLError as exc:
             raise _bad_body(f"malformed YAML: {exc}") from None
         except (ValueError, RecursionError) as exc:  # an integer of more than 4300 digits; absurd nesting
             raise _bad_body(f"malformed YAML: {type(exc).__name__}: {str(exc)[:200]}") from None
-    elif ctype in ("application/json", "text/json", "", "*/*"):
+    else:
         try:
-            data = json.loads(text)
+            data = load_json(text)
         except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError, like a too-long integer
             raise _bad_body(f"malformed JSON: {str(exc)[:200] or type(exc).__name__}") from None
-    else:
-        raise HTTPException(
-            status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, f"send the spec as application/json or application/yaml, not {ctype!r}"
-        )
     if not isinstance(data, dict):
         raise _bad_body(f"the spec must be a mapping at the top level, got {type(data).__name__}", "model_type")
     check_document(data)
     try:
-        spec = ExperimentSpec.model_validate(data)
+        return ExperimentSpec.model_validate(data)
     except ValidationError as exc:
         errors = [
             {"loc": ("body", *e["loc"]), "msg": e["msg"], "type": e["type"], **({"input": e["input"]} if _small(e.get("input")) else {})}
             for e in exc.errors(include_url=False, include_context=False)
         ]
         raise RequestValidationError(errors) from None
-    validate_plan(spec, catalog)
-    return spec
 
 
 def _small(value: Any) -> bool:
@@ -125,16 +129,21 @@ def _small(value: Any) -> bool:
     openapi_extra={"requestBody": SPEC_BODY},
     responses={
         **INVALID, **error(413, "Body too large"), **error(415, "Neither JSON nor YAML"),
-        **error(503, "Optuna, MLflow or the database unavailable; nothing stored"),
+        **error(503, "Optuna, MLflow or the database unavailable, or every spec check busy (Retry-After); "
+                     "nothing stored"),
     },
 )
-async def submit_sweep(
-    request: Request, backends: BackendsDep, settings: SettingsDep, catalog: CatalogDep
-) -> SweepPublic:
-    """Validate an experiment spec (JSON or YAML), store it, create its Optuna study and queue its trials."""
-    spec = await parse_spec_body(request, settings.max_body_bytes, catalog)
-    sweep = sweeps.create_sweep(backends, spec)
-    return _public(sweeps.get_sweep(backends.sessions, sweep.id))
+async def submit_sweep(request: Request, backends: BackendsDep, settings: SettingsDep) -> SweepPublic:
+    """Validate an experiment spec (JSON or YAML), store it, create its Optuna study and queue its trials.
+
+    Nothing of it runs on the event loop: parsing and storing in worker threads, the plan check (every model the
+    plan can build) in a child process within ``VITSWEEP_SPEC_CHECK_SECONDS`` and ``..._MEMORY_MB``.
+    """
+    spec = await parse_spec_body(request, settings.max_body_bytes)
+    await check_plan(request, spec)
+    sweep = await run_in_threadpool(sweeps.create_sweep, backends, spec)
+    view = await run_in_threadpool(sweeps.get_sweep, backends.sessions, sweep.id)
+    return _public(view)
 
 
 @router.get("", response_model=SweepPage)

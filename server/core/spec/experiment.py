@@ -17,6 +17,7 @@ from pydantic import Field, field_validator, model_validator
 from server.core.exceptions import SpecError
 from server.core.objectives import Direction
 from server.core.spec import matrix as matrices
+from server.core.spec.limits import MAX_TRIALS
 from server.core.spec.paths import set_path
 from server.core.spec.search import CategoricalParam, SearchSpec
 from server.core.spec.sections import DatasetSpec, ModelSpec, Strict, TrainSpec, error_at
@@ -48,6 +49,13 @@ class ExperimentSpec(Strict):
     def _one_plan(self) -> ExperimentSpec:
         if self.search is not None and self.matrix is not None:
             raise ValueError("give at most one of 'search' or 'matrix' (neither: a single run)")
+        if self.search is not None and self.search.sampler == "grid":  # counted before any combination is made
+            sizes = [len(v) for v in self.grid_axes().values()]  # (a matrix is counted by check_matrix)
+            if math.prod(sizes) > MAX_TRIALS:
+                raise ValueError(
+                    f"the grid search's space has more than {MAX_TRIALS} combinations: "
+                    f"{' x '.join(map(str, sizes))} = {math.prod(sizes)}, one trial each"
+                )
         return self
 
     @model_validator(mode="after")

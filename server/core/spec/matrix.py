@@ -71,7 +71,8 @@ def check_matrix(matrix: dict[str, Any]) -> dict[str, Any]:
             )
     combos = math.prod(len(v) for v in product.values()) if product else 0
     if combos > MAX_TRIALS:
-        raise ValueError(f"the matrix has {combos} combinations, more than {MAX_TRIALS}")
+        sizes = " x ".join(str(len(v)) for v in product.values())
+        raise ValueError(f"the matrix has more than {MAX_TRIALS} combinations: {sizes} = {combos}, one trial each")
     if combos + len(matrix.get(INCLUDE, [])) > MAX_TRIALS:
         raise ValueError(f"the matrix can make more than {MAX_TRIALS} trials")
     return matrix

@@ -7,8 +7,9 @@ catalog, and every architecture builds (on PyTorch's meta device: nothing is all
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from pydantic import ValidationError
@@ -17,29 +18,44 @@ from server.core.exceptions import SpecError
 from server.core.samplers import make_pruner, make_sampler
 from server.core.spec.catalog import Catalog
 from server.core.spec.experiment import ExperimentSpec
+from server.core.spec.limits import MAX_PARAM_COUNT
 from server.core.spec.search import CategoricalParam, SearchSpec, first_value
 from server.core.spec.sections import check_path
 
 MAX_CHECKED_POINTS = 256
 
 
-def search_corners(spec: ExperimentSpec) -> list[tuple[dict[str, Any], str | None]]:
+def search_corners(spec: ExperimentSpec, limit: int = MAX_CHECKED_POINTS) -> list[tuple[dict[str, Any], str | None]]:
     """Points that together touch every bound and choice of the space, each with the path it varies
-    (None for the base point): enough to check that the whole space is valid. A grid's are all its points."""
+    (None for the base point): enough to check that the whole space is valid. At most ``limit`` of them are
+    made (a grid's first combinations, a matrix's first points), so a large space costs no more than the points
+    checked."""
+    return [(point, varied) for point, varied, _ in itertools.islice(_corners(spec), limit)]
+
+
+def _corners(spec: ExperimentSpec) -> Iterator[tuple[dict[str, Any], str | None, int | None]]:
+    """``search_corners``, each with the matrix ``include`` entry that made the point (None: not one)."""
+    if spec.matrix is not None or spec.search is None:  # a matrix was counted before: its points are few
+        for point, origin in spec.grid_origins():
+            yield point, None, origin
+        return
     if spec.is_grid:
-        return [(p, None) for p in spec.grid_points()]
+        axes = spec.grid_axes()
+        for combo in itertools.product(*axes.values()):
+            yield dict(zip(axes, combo, strict=True)), None, None
+        return
     assert spec.search is not None
     base = {p: first_value(d) for p, d in spec.search.space.items()}
-    points: list[tuple[dict[str, Any], str | None]] = [(base, None)]
+    yield base, None, None
     for path, dist in spec.search.space.items():
         values = dist.choices[1:] if isinstance(dist, CategoricalParam) else [dist.high]
         # A model's own keyword only matters when that model is chosen: check it with that model.
         keys = path.split(".")
         pinned = {"model.name": keys[2]} if keys[:2] == ["model", "arch_by_model"] and "model.name" in base else {}
         if pinned:
-            points.append(({**base, **pinned}, path))
-        points.extend(({**base, **pinned, path: v}, path) for v in values)
-    return points
+            yield {**base, **pinned}, path, None
+        for v in values:
+            yield {**base, **pinned, path: v}, path, None
 
 
 def model_choices(spec: ExperimentSpec) -> list[Any]:
@@ -60,8 +76,16 @@ def model_choices(spec: ExperimentSpec) -> list[Any]:
     return [spec.model.name]
 
 
-def validate_plan(spec: ExperimentSpec, catalog: Catalog, *, build_model: bool = True) -> None:
+BuildHook = Callable[[tuple[str, ...], str], None]
+
+
+def validate_plan(
+    spec: ExperimentSpec, catalog: Catalog, *, build_model: bool = True, on_build: BuildHook | None = None
+) -> None:
     """Check every path, every grid point and every bound of the space resolves to a runnable spec.
+
+    ``on_build(loc, what)`` is called before each model is built with where to blame it and what it is, so a
+    caller that stops a slow check (``server.core.spec.isolation``) can say which model it stopped.
 
     Raises:
         SpecError: naming the matrix or search entry at fault (or the base spec's field).
@@ -76,12 +100,7 @@ def validate_plan(spec: ExperimentSpec, catalog: Catalog, *, build_model: bool =
             raise SpecError(spec.plan_loc(path, _origin_of(spec, path)), str(exc)) from None
     _check_arch_blocks(spec, paths)
     seen: set[str] = set()
-    corners = (
-        [(p, None, origin) for p, origin in spec.grid_origins()]
-        if spec.matrix is not None
-        else [(p, varied, None) for p, varied in search_corners(spec)]
-    )
-    for point, varied, origin in corners[:MAX_CHECKED_POINTS]:
+    for point, varied, origin in itertools.islice(_corners(spec), MAX_CHECKED_POINTS):
         try:
             resolved = spec.resolve(point)
         except SpecError as exc:  # a path through a value that is not a section
@@ -89,8 +108,9 @@ def validate_plan(spec: ExperimentSpec, catalog: Catalog, *, build_model: bool =
         except ValidationError as exc:
             err = exc.errors()[0]
             path = ".".join(str(p) for p in err["loc"])
-            culprit = next((p for p in point if path.startswith(p) or p.startswith(path)), path)
-            raise SpecError(spec.plan_loc(culprit, origin), f"{path} = {point.get(culprit)!r}: {err['msg']}") from None
+            matches = [p for p in point if path.startswith(p) or p.startswith(path)]
+            culprit = varied if varied in matches else next(iter(matches), path)
+            raise SpecError(spec.plan_loc(culprit, origin), f"{culprit} = {point.get(culprit)!r}: {err['msg']}") from None
         _check_names(spec, resolved, point, catalog, origin)
         if not build_model:
             continue
@@ -98,7 +118,26 @@ def validate_plan(spec: ExperimentSpec, catalog: Catalog, *, build_model: bool =
         if key in seen:
             continue
         seen.add(key)
-        _check_model(spec, resolved, point, varied, origin)
+        loc, what = _build_blame(spec, resolved, point, varied, origin)
+        if on_build is not None:
+            on_build(loc, what)
+        _check_model(resolved, loc, what)
+
+
+def _build_blame(
+    spec: ExperimentSpec, resolved: ExperimentSpec, point: dict[str, Any], varied: str | None, origin: int | None
+) -> tuple[tuple[str | int, ...], str]:
+    """Where a model that cannot be built is blamed (the searched path that made this point differ from a
+    buildable one, a matrix include entry's own paths first; the base spec's arch otherwise), and the model in
+    words."""
+    if spec.matrix is not None:
+        # an include entry's own paths first: the product's values are the same in every other point
+        own = list(spec.matrix["include"][origin]) if origin is not None else []
+        culprit = varied or next((p for p in [*own, *point] if p == "model" or p.startswith("model.")), None)
+    else:
+        culprit = varied
+    loc = spec.plan_loc(culprit, origin) if culprit is not None else ("model", "arch")
+    return loc, f"model {resolved.model.name!r}" + (f" with {point}" if point else "")
 
 
 def _origin_of(spec: ExperimentSpec, path: str) -> int | None:
@@ -164,17 +203,16 @@ def _check_search_options(search: SearchSpec) -> None:
             raise SpecError(("search", field), f"{field.split('_')[0]} {kind!r} refuses these options: {exc}") from None
 
 
-def _check_model(
-    spec: ExperimentSpec, resolved: ExperimentSpec, point: dict[str, Any], varied: str | None, origin: int | None = None
-) -> None:
-    """Build the model on the meta device: catches bad architectures without allocating anything."""
+def _check_model(resolved: ExperimentSpec, loc: tuple[str | int, ...], what: str) -> None:
+    """Build the model on the meta device: catches bad architectures without allocating any weights, and
+    counts its parameters."""
     import torch
 
     from vitmodels import create_model
 
     try:
         with torch.device("meta"):
-            create_model(
+            model = create_model(
                 resolved.model.name,
                 num_classes=10,
                 img_size=resolved.dataset.img_size,
@@ -184,13 +222,10 @@ def _check_model(
                 **resolved.model.arch,
             )
     except (ValueError, TypeError) as exc:
-        # Blame the searched path that made this point differ from a buildable one; the base spec otherwise.
-        if spec.matrix is not None:
-            # an include entry's own paths first: the product's values are the same in every other point
-            own = list(spec.matrix["include"][origin]) if origin is not None else []
-            culprit = varied or next((p for p in [*own, *point] if p == "model" or p.startswith("model.")), None)
-        else:
-            culprit = varied
-        loc = spec.plan_loc(culprit, origin) if culprit is not None else ("model", "arch")
-        where = f" with {point}" if point else ""
-        raise SpecError(loc, f"model {resolved.model.name!r} cannot be built{where}: {exc}") from None
+        raise SpecError(loc, f"{what} cannot be built: {exc}") from None
+    count = sum(p.numel() for p in model.parameters())
+    if count > MAX_PARAM_COUNT:
+        raise SpecError(
+            loc, f"{what} has {count:,} parameters, more than {MAX_PARAM_COUNT:,}: at 16 bytes a parameter (weights, "
+            "gradients, Adam's moments) no single device trains it"
+        )

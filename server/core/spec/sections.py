@@ -24,7 +24,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from server.core.datapaths import check_relative
 from server.core.objectives import EPOCH_METRICS
 from server.core.spec import torchnames
-from server.core.spec.limits import MAX_EPOCHS, MAX_KEYS, MAX_STR, check_mapping, short_repr
+from server.core.spec.limits import MAX_EPOCHS, MAX_KEYS, MAX_STR, check_arch_ints, check_mapping, short_repr
 from server.core.spec.paths import check_path_syntax
 
 SECTIONS = ("dataset", "model", "train")
@@ -179,7 +179,9 @@ class ModelSpec(Strict):
     @field_validator("arch")
     @classmethod
     def _bounded_arch(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return check_mapping(value, "arch")
+        check_mapping(value, "arch")
+        check_arch_ints(value, "arch")
+        return value
 
     @field_validator("arch_by_model")
     @classmethod
@@ -190,6 +192,7 @@ class ModelSpec(Strict):
             if not isinstance(name, str) or not is_model(name):
                 raise ValueError(f"arch_by_model has a block for {short_repr(name)}, which is not a registered model")
             check_mapping(block, f"arch_by_model.{name}")
+            check_arch_ints(block, f"arch_by_model.{name}")
         return value
 
     def arch_for(self, name: str) -> dict[str, Any]:

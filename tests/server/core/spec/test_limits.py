@@ -6,7 +6,9 @@ import pytest
 
 from server.core.exceptions import SpecError
 from server.core.spec.limits import (
+    MAX_ARCH_INT,
     MAX_NODES,
+    check_arch_ints,
     check_document,
     check_mapping,
     check_scalar,
@@ -28,6 +30,8 @@ def test_a_plain_spec_passes() -> None:
         ({"description": "x" * 5000}, ("description",), "at most 4096"),
         ({"dataset": {1: 2}}, ("dataset",), "keys must be strings"),
         ({"when": __import__("datetime").date(2020, 1, 1)}, ("when",), "date"),
+        ({"name": "a\ud800"}, ("name",), "lone surrogate '\\ud800' at position 1"),
+        ({"dataset": {"\udfff": 1}}, ("dataset",), "lone surrogate"),
     ],
 )
 def test_refused_values_name_their_path(document: dict, loc: tuple, fragment: str) -> None:
@@ -67,3 +71,11 @@ def test_free_form_mappings_take_identifier_keys_and_bounded_values() -> None:
 def test_short_repr_cuts_long_input() -> None:
     assert short_repr("x" * 500).endswith("...") and len(short_repr("x" * 500)) == 80
     assert short_repr(3) == "3"
+
+
+def test_architecture_integers_are_bounded() -> None:
+    check_arch_ints({"depths": [2, 2, 6], "num_layers": MAX_ARCH_INT, "ratio": 4.0, "qkv_bias": True}, "arch")
+    for bad, where in (({"num_layers": MAX_ARCH_INT + 1}, "arch.num_layers"), ({"depths": [2, 2**53]}, r"arch.depths\[1\]"),
+                       ({"block": {"width": -(2**40)}}, "arch.block.width")):
+        with pytest.raises(ValueError, match=f"{where} must be at most {MAX_ARCH_INT}"):
+            check_arch_ints(bad, "arch")

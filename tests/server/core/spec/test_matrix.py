@@ -68,7 +68,7 @@ def test_a_single_run_is_one_empty_point() -> None:
     ({"include": [[1, 2]]}, "non-empty mapping"),
     ({"train.lr": 0.1}, "must be a list"),
     # 100**4 combinations: refused by counting, before a single point is made
-    ({f"model.arch.k{i}": list(range(100)) for i in range(4)}, "100000000 combinations"),
+    ({f"model.arch.k{i}": list(range(100)) for i in range(4)}, "100 x 100 x 100 x 100 = 100000000"),
     ({"train.lr": list(range(1, 101)), "train.seed": list(range(100)), "include": [{"train.epochs": 1}]}, "more than"),
 ])
 def test_bad_matrices_are_refused_naming_the_entry(matrix: dict[str, Any], fragment: str) -> None:

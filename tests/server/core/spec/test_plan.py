@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from server.core.exceptions import SpecError
 from server.core.spec import ExperimentSpec, search_corners, validate_plan
@@ -84,3 +85,42 @@ def test_sampler_and_pruner_options_are_their_own_keywords() -> None:
     assert exc.value.loc == ("search", "sampler_options") and "refuses these options" in exc.value.msg
     validate_plan(spec(search={**quick_spec()["search"], "sampler": "tpe",
                                "sampler_options": {"seed": 3, "n_startup_trials": 2}}), WORKER_CATALOG, build_model=False)
+
+
+def test_an_absurd_parameter_count_is_refused_naming_its_entry() -> None:
+    """Wide enough layers build instantly on the meta device, yet no device could train them."""
+    def wide(high: int) -> ExperimentSpec:
+        return spec(model={"name": "vit", "arch": {"patch_size": 4, "num_layers": 1, "num_heads": 2}}, search={
+            "n_trials": 2, "space": {"model.arch.mlp_dim": {"type": "categorical", "choices": [32, 65_536]},
+                                     "model.arch.hidden_dim": {"type": "int", "low": 16, "high": high}}})
+
+    validate_plan(wide(4096), WORKER_CATALOG)  # 200 million parameters: large, but a device trains it
+    with pytest.raises(SpecError) as exc:
+        validate_plan(wide(65_536), WORKER_CATALOG)  # one layer of attention 65,536 wide: 17 billion
+    assert exc.value.loc == ("search", "space", "model.arch.hidden_dim")
+    assert "17,189,044,266 parameters, more than 10,000,000,000" in exc.value.msg, exc.value.msg
+
+
+def test_an_architecture_integer_beyond_the_bound_is_blamed_on_its_search_entry() -> None:
+    s = spec(model={"name": "vit", "arch": {"patch_size": 4}}, search={"n_trials": 2, "space": {
+        "model.arch.hidden_dim": {"type": "int", "low": 16, "high": 32},
+        "model.arch.num_layers": {"type": "int", "low": 1, "high": 2**53},
+    }})
+    with pytest.raises(SpecError) as exc:
+        validate_plan(s, WORKER_CATALOG, build_model=False)
+    assert exc.value.loc == ("search", "space", "model.arch.num_layers")
+    assert exc.value.msg.startswith("model.arch.num_layers = 9007199254740992:") and "at most 65536" in exc.value.msg
+
+
+def test_grids_are_counted_before_their_points_are_made() -> None:
+    """The grid sampler's space counts against the trial limit as a matrix does, and a large space costs only
+    the points checked."""
+    axes = {p: {"type": "categorical", "choices": list(range(1, 101))} for p in ("train.seed", "train.batch_size")}
+    assert spec(search={"sampler": "grid", "n_trials": 1, "space": axes}).planned_trials() == 10_000
+    with pytest.raises(ValidationError, match=r"more than 10000 combinations: 100 x 100 x 101 = 1010000"):
+        spec(search={"sampler": "grid", "n_trials": 1, "space": {
+            **axes, "train.epochs": {"type": "categorical", "choices": list(range(1, 102))}}})
+    with pytest.raises(ValidationError, match=r"more than 10000 combinations: 101 x 100"):
+        spec(search=None, matrix={"train.seed": list(range(101)), "train.batch_size": list(range(1, 101))})
+    big = spec(search=None, matrix={"train.seed": list(range(100)), "train.batch_size": list(range(1, 101))})
+    assert len(search_corners(big)) == 256 and len(search_corners(big, limit=10)) == 10
