@@ -296,7 +296,8 @@ class TrialRunner:
             if self.retry.classify(exc, claim.attempts) is Outcome.requeue:
                 reason = describe(exc)
                 self._db(lambda: queue.release(self.backends.sessions, claim.row_id, self.worker_id,
-                                               epochs_done=ctx.epochs_done, reason=reason), "releasing the trial")
+                                               epochs_done=ctx.epochs_done, reason=reason, count_attempt=True),
+                         "releasing the trial")
                 return None
             return self._finish(ctx, TrialState.failed, error=describe(exc))
         # Each upload and the summary only while the trial is still ours: a worker stalled past its lease after its
@@ -366,7 +367,8 @@ class TrialRunner:
         epochs_done = started.context.epochs_done if started.context is not None else claim.epochs_done
         if self.retry.classify(exc, claim.attempts) is Outcome.requeue:
             self._db(lambda: queue.release(self.backends.sessions, claim.row_id, self.worker_id,
-                                           epochs_done=epochs_done, reason=error), "releasing the trial")
+                                           epochs_done=epochs_done, reason=error, count_attempt=True),
+                     "releasing the trial")
             return None
         written, sweep_state = self._db(lambda: queue.finish(
             self.backends.sessions, claim.row_id, self.worker_id, TrialState.failed, error=error,
