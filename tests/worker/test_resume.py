@@ -64,7 +64,7 @@ def test_a_garbage_checkpoint_is_set_aside_and_the_trial_goes_on(  # type: ignor
     started = time.monotonic()
     workers.start("second", "--burst")
     try:
-        done = _wait(lambda: (t := _trial(client, sweep["id"]))["state"] not in ("queued", "running") and t, 300,
+        done = _wait(lambda: (t := _trial(client, sweep["id"]))["state"] not in ("queued", "running") and t, 900,
                      "the trial to end")
         took = time.monotonic() - started
         assert workers.wait(600) == [0]
