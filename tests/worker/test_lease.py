@@ -16,7 +16,10 @@ import torch
 from tests.helpers import WorkerProcesses, quick_spec
 from tests.worker.test_recovery import _assert_continuous, _trial, _wait
 
-LEASE = {"VITSWEEP_LEASE_SECONDS": "3", "VITSWEEP_HEARTBEAT_SECONDS": "0.5", "VITSWEEP_MAX_ATTEMPTS": "5"}
+LEASE = {"VITSWEEP_LEASE_SECONDS": "3", "VITSWEEP_HEARTBEAT_SECONDS": "1", "VITSWEEP_MAX_ATTEMPTS": "5"}
+# A slot stopped in the middle of a write transaction would hold SQLite's write lock (the store's, or the embedded
+# MLflow store's) until it is continued, and every other worker would wait on it: the tests stop slots mid-epoch
+# (or well after their last epoch's writes), where only a heartbeat a second is ever in flight.
 SUMMARY = ("param_count", "flops_per_image", "best_val_acc", "final_val_loss", "seconds_per_epoch")
 
 STALE = quick_spec(
@@ -56,7 +59,10 @@ def test_a_slot_stalled_past_its_lease_writes_nothing_and_resume_takes_the_owner
     workers = WorkerProcesses(tmp_path, LEASE)
     stale_log = workers.start("stale")
     try:
+        _wait(lambda: _trial(client, sweep["id"])["epochs_done"] >= 1, 900, "one epoch")
+        began = time.monotonic()
         first = _wait(lambda: (t := _trial(client, sweep["id"]))["epochs_done"] >= 2 and t, 900, "two epochs")
+        time.sleep((time.monotonic() - began) / 2)  # the middle of the next epoch
         stale = _slot(first)
         os.kill(stale, signal.SIGSTOP)  # mid-epoch, its lease running out
         workers.start("owner")
@@ -104,6 +110,7 @@ def test_a_slot_stalled_after_its_last_epoch_uploads_and_logs_nothing(client, se
         deadline = time.monotonic() + 900
         while (last := _trial(client, sweep["id"]))["epochs_done"] < 2 and time.monotonic() < deadline:
             time.sleep(0.02)
+        time.sleep(0.5)  # past the last epoch's writes, in the probe or the plots
         stale = _slot(last)
         os.kill(stale, signal.SIGSTOP)
         assert _trial(client, sweep["id"])["state"] == "running", "the slot finished before it could be stopped"
