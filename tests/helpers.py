@@ -139,3 +139,48 @@ class PrivatePostgres:
         except Exception:  # already stopped
             pass
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class WorkerProcesses:
+    """``vitsweep worker`` processes (one CPU slot each, ``env`` added to the environment), each logging to a file
+    of its own under ``folder``; :meth:`stop` ends them (SIGTERM, then SIGKILL after a minute)."""
+
+    def __init__(self, folder: Any, env: dict[str, str] | None = None) -> None:
+        self.folder, self.env = folder, env or {}
+        self.procs: list[tuple[Any, Any]] = []
+
+    def start(self, name: str, *args: str) -> Any:
+        """Start one (``args`` added to its command line, e.g. ``--burst``); returns its log file."""
+        import os
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        log = Path(self.folder) / f"{name}.log"
+        env = {**os.environ, "OMP_NUM_THREADS": "1", **self.env}
+        with log.open("wb") as out:
+            proc = subprocess.Popen([str(Path(sys.executable).parent / "vitsweep"), "worker", "--devices", "cpu", *args],
+                                    env=env, stdout=out, stderr=subprocess.STDOUT)
+        self.procs.append((proc, log))
+        return log
+
+    def wait(self, timeout: float) -> list[int]:
+        """Wait for every process to exit on its own (``--burst``); their exit codes."""
+        return [proc.wait(timeout) for proc, _ in self.procs]
+
+    def output(self) -> str:
+        """The tail of every log, for assertion messages."""
+        return "\n".join(f"--- {log.name}\n{log.read_text(errors='replace')[-4000:]}" for _, log in self.procs)
+
+    def stop(self) -> None:
+        import signal
+        import subprocess
+
+        for proc, _ in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc, _ in self.procs:
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()

@@ -28,7 +28,8 @@ class TrainingJob:
 
     ``on_epoch`` must be called after every epoch (it reports and may raise :class:`TrialPruned` or
     :class:`TrialStopped`); ``stop`` is polled at epoch boundaries; ``resume`` is the checkpoint to carry on
-    from, with ``epochs_done`` epochs already trained.
+    from, with ``epochs_done`` epochs already trained; ``guard`` must be called before every file written to
+    ``workdir`` (it raises :class:`TrialStopped` once the trial's lease is lost, so a stale worker writes nothing).
     """
 
     claim: queue.Claim
@@ -39,6 +40,7 @@ class TrainingJob:
     epochs_done: int
     on_epoch: Callable[[EpochReport], None]
     stop: Callable[[], bool]
+    guard: Callable[[], None] | None = None
 
 
 TrainFn = Callable[[TrainingJob], FitResult]
@@ -90,4 +92,4 @@ class SpecTrainer:
             stn=spec.model.stn, **spec.model.arch,
         )
         return fit(model, data, spec, device=job.device, on_epoch=job.on_epoch, workdir=job.workdir,
-                   resume=job.resume, stop=job.stop)
+                   resume=job.resume, stop=job.stop, guard=job.guard)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from server.core.models import StopReason, SweepState, TrialState
 from server.core.objectives import better, objective_values
 from server.core.spec import ExperimentSpec
 from server.core.tracking import run_name
+from worker import resume
 from worker.engine.results import EpochReport
 from worker.engine.summary import history_summary
 from worker.exceptions import TrialPruned, TrialStopped
@@ -50,6 +52,12 @@ class TrialContext:
     epochs_done: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     lease: LeaseKeeper | None = None
+    logged: set[int] = field(default_factory=set)  # epochs MLflow has (a resumed run's): never logged twice
+
+    @property
+    def keeper(self) -> LeaseKeeper:
+        assert self.lease is not None, "the trial's lease keeper is set before training"
+        return self.lease
 
     @property
     def stop_reason(self) -> StopReason | None:
@@ -72,6 +80,7 @@ class Started:
 
     optuna_trial_id: int | None = None
     run_id: str | None = None
+    context: TrialContext | None = None  # once started: how many epochs it has
 
 
 class TrialRunner:
@@ -150,89 +159,130 @@ class TrialRunner:
             raise TrialStopped(ctx.stop_reason)
         epoch, metrics = report.epoch, report.metrics
         value = ctx.record(epoch, metrics)
-        self.backends.tracker.log_epoch(ctx.run_id, epoch, metrics)
+        lease = ctx.keeper
+        # The store first: the heartbeat records the epoch and says whether the trial is still ours, so a worker
+        # stalled past its lease and continued learns that it lost the trial before it writes anything.
+        beat = self._db(lambda: lease.beat(epochs_done=epoch, value=ctx.best), "heartbeat")
+        if beat.stop_reason is StopReason.lease_lost:
+            raise TrialStopped(beat.stop_reason)
+        if epoch not in ctx.logged:
+            self.backends.tracker.log_epoch(ctx.run_id, epoch, metrics, guard=lease.holds)
+            ctx.logged.add(epoch)
         if report.checkpoint is not None and self.settings.sync_checkpoints:
+            lease.confirm()
             self.backends.tracker.log_artifacts(ctx.run_id, {"checkpoints": Path(report.checkpoint)})
         # Optuna takes per-epoch reports (and prunes) for one objective only; NaN is never reported.
         if not ctx.spec.multi_objective and value is not None and value == value:
-            reported = float(value)
-            self._db(lambda: ctx.optuna_trial.report(reported, epoch), "reporting to Optuna")
-        beat = self._db(lambda: queue.heartbeat(
-            self.backends.sessions, ctx.claim.row_id, self.worker_id, self.settings.lease_seconds,
-            epochs_done=epoch, value=ctx.best,
-        ), "heartbeat")
+            lease.confirm()
+            self._report(ctx, float(value), epoch)
         if beat.stop_reason:
             raise TrialStopped(beat.stop_reason)
         # A shutdown is not raised here: the engine polls stop() right after, and writes last.pt first.
         if not ctx.spec.multi_objective and self._db(ctx.optuna_trial.should_prune, "asking the pruner"):
             raise TrialPruned(epoch)
 
-    def _resume_point(self, ctx: TrialContext, workdir: Path) -> Path | None:
-        """The checkpoint to resume a reclaimed trial from, with its history caught up everywhere.
+    def _report(self, ctx: TrialContext, value: float, epoch: int) -> None:
+        """Report an epoch's objective to Optuna; an epoch it has already (retrained after a resume) stays as it was."""
+        def report() -> None:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="The reported value is ignored")
+                ctx.optuna_trial.report(value, epoch)
 
-        The dead worker may have written ``last.pt`` for an epoch it never reported: those epochs are
-        reported now, so MLflow's and Optuna's histories stay continuous.
+        self._db(report, "reporting to Optuna")
+
+    def _resume_point(self, ctx: TrialContext, trial_dir: Path) -> tuple[Path | None, Path]:
+        """This attempt's own folder, and the checkpoint to resume a reclaimed trial from, with its history caught
+        up everywhere.
+
+        The checkpoint is the one matching the store's ``epochs_done`` (:mod:`worker.resume`): this machine's, or
+        the copy synced to the MLflow run where this machine has none as recent (its worker ran elsewhere). One
+        that cannot be read is set aside and the next is tried; with none the trial starts again from epoch 1.
+        The dead worker may have written ``last.pt`` for an epoch it never reported: those epochs are reported
+        now, so MLflow's and Optuna's histories stay continuous; epochs MLflow has are never logged again.
         """
-        last = workdir / "last.pt"
-        if not ctx.claim.resuming:
-            shutil.rmtree(workdir, ignore_errors=True)  # leftovers of an unrelated earlier run
-            workdir.mkdir(parents=True, exist_ok=True)
-            return None
-        workdir.mkdir(parents=True, exist_ok=True)
-        if not last.exists():
-            # The dead worker ran on another machine: take its last synced checkpoint from the MLflow run.
-            fetched = self.backends.tracker.download_checkpoint(ctx.run_id, last.name, workdir)
-            if fetched is not None:
-                fetched.replace(last)
-                log.info("trial %s: fetched its checkpoint from MLflow run %s", ctx.claim.number, ctx.run_id)
-        if not last.exists():
-            log.warning("trial %s: no checkpoint under %s; starting it again from epoch 1", ctx.claim.number, workdir)
-            return None
-        from worker.engine.checkpoint import read
-
-        state = read(last)
-        history = state.get("history", [])
+        claim, tracker, lease = ctx.claim, self.backends.tracker, ctx.keeper
+        if not claim.resuming:
+            shutil.rmtree(trial_dir, ignore_errors=True)  # leftovers of an unrelated earlier run
+            return None, resume.new_attempt(trial_dir)
+        workdir = resume.new_attempt(trial_dir)
+        done = claim.epochs_done
+        found = resume.choose(resume.local(trial_dir, exclude=workdir), done)
+        if found is None or found.epoch < done:
+            synced = self._synced_checkpoint(ctx, trial_dir)
+            if synced is not None:
+                found = resume.choose([f for f in (found, synced) if f is not None], done)
+        resume.keep_only(trial_dir, {workdir} | ({found.folder} if found is not None else set()))
         # Epoch metrics reach MLflow from a background thread, so a worker killed right after an epoch may have
         # recorded it in the store but not in MLflow: MLflow is caught up by its own history, not the store's.
-        in_mlflow = self.backends.tracker.logged_steps(
-            ctx.run_id, next((k for k in history[0] if k != "epoch"), "") if history else "",
-            default=range(1, ctx.claim.epochs_done + 1),
-        )
-        for row in history:
+        tracker.flush(timeout=60)
+        ctx.logged = tracker.logged_steps(ctx.run_id, ctx.spec.metric, default=range(1, done + 1))
+        lease.confirm()
+        if found is None:
+            log.warning("trial %s: no readable checkpoint of its %d epoch(s); starting it again from epoch 1",
+                        claim.number, done)
+            tracker.mark_resumed(ctx.run_id, 0)
+            return None, workdir
+        resume.carry_best(found, workdir)
+        for row in found.state.get("history", []):
             epoch = int(row["epoch"])
             metrics = {k: float(v) for k, v in row.items() if k != "epoch"}
             value = ctx.record(epoch, metrics)
-            if epoch not in in_mlflow:
-                self.backends.tracker.log_epoch(ctx.run_id, epoch, metrics)
-            if epoch > ctx.claim.epochs_done and value is not None and value == value and not ctx.spec.multi_objective:
-                ctx.optuna_trial.report(value, epoch)
-        self.backends.tracker.mark_resumed(ctx.run_id, int(state.get("epoch", 0)))
-        log.info("trial %s resumes from its epoch-%s checkpoint", ctx.claim.number, state.get("epoch"))
-        return last
+            if epoch not in ctx.logged:
+                tracker.log_epoch(ctx.run_id, epoch, metrics, guard=lease.holds)
+                ctx.logged.add(epoch)
+            if value is not None and value == value and not ctx.spec.multi_objective:
+                self._report(ctx, float(value), epoch)
+        tracker.mark_resumed(ctx.run_id, found.epoch)
+        log.info("trial %s resumes from its epoch-%s checkpoint (%s; the store has %d epoch(s))", claim.number,
+                 found.epoch, found.path, done)
+        return found.path, workdir
+
+    def _synced_checkpoint(self, ctx: TrialContext, trial_dir: Path) -> resume.Found | None:
+        """The ``last.pt`` synced to the trial's MLflow run, if it has a readable one; MLflow unreachable is raised."""
+        folder = resume.new_attempt(trial_dir, tag="-mlflow")
+        fetched = self.backends.tracker.download_checkpoint(ctx.run_id, resume.LAST, folder)
+        if fetched is None:
+            shutil.rmtree(folder, ignore_errors=True)
+            return None
+        path = fetched.replace(folder / resume.LAST)
+        state = resume.read_or_set_aside(path, trial_dir)
+        if state is None:
+            return None
+        log.info("trial %s: fetched its epoch-%s checkpoint from MLflow run %s", ctx.claim.number, state["epoch"],
+                 ctx.run_id)
+        return resume.Found(path, state)
 
     # -- the whole trial --------------------------------------------------------------------------------
 
     def run(self, claim: queue.Claim) -> TrialState | None:
-        """Run one claimed trial; returns its final state, or None if it went back to the queue."""
-        with LeaseKeeper(self.backends.sessions, claim, self.worker_id, self.settings) as lease:
-            return self._run(claim, lease)
+        """Run one claimed trial; returns its final state, or None if it went back to the queue (or was taken).
 
-    def _run(self, claim: queue.Claim, lease: LeaseKeeper) -> TrialState | None:
+        Nothing it raises escapes: whatever fails (starting, resuming, training, the final uploads) ends up in
+        the trial's error, the trial requeued (infrastructure, while attempts remain) or failed with it.
+        """
         started = Started()
+        with LeaseKeeper(self.backends.sessions, claim, self.worker_id, self.settings) as lease:
+            try:
+                return self._run(claim, lease, started)
+            except TrialStopped:  # a write outside training found the trial taken (this worker stalled past its lease)
+                log.warning("trial %s: lease lost; leaving it to its new owner", claim.number)
+                return None
+            except Exception as exc:
+                return self._abandon(claim, started, exc)
+
+    def _run(self, claim: queue.Claim, lease: LeaseKeeper, started: Started) -> TrialState | None:
         try:
             ctx = self._start(claim, started)
         except TrialStopped:
             log.warning("trial %s: lease lost while starting; leaving it to its new owner", claim.number)
             return None
-        except Exception as exc:
-            return self._fail_before_start(claim, started, exc)
         ctx.lease = lease
-        workdir = self._workdir(claim)
-        resume = self._resume_point(ctx, workdir)
+        started.context = ctx
+        resume_from, workdir = self._resume_point(ctx, self._workdir(claim))
         job = TrainingJob(
-            claim=claim, spec=ctx.spec, device=self.device, workdir=workdir, resume=resume, epochs_done=ctx.epochs_done,
-            on_epoch=lambda report: self._on_epoch(ctx, report),
-            stop=lambda: ctx.stop_reason is not None or self.shutdown.is_set(),
+            claim=claim, spec=ctx.spec, device=self.device, workdir=workdir, resume=resume_from,
+            epochs_done=ctx.epochs_done, on_epoch=lambda report: self._on_epoch(ctx, report),
+            stop=lambda: ctx.stop_reason is not None or self.shutdown.is_set(), guard=lease.confirm,
         )
         try:
             result = self.train(job)
@@ -246,15 +296,21 @@ class TrialRunner:
             if self.retry.classify(exc, claim.attempts) is Outcome.requeue:
                 reason = describe(exc)
                 self._db(lambda: queue.release(self.backends.sessions, claim.row_id, self.worker_id,
-                                               epochs_done=ctx.epochs_done, reason=reason), "releasing the trial")
+                                               epochs_done=ctx.epochs_done, reason=reason, count_attempt=True),
+                         "releasing the trial")
                 return None
             return self._finish(ctx, TrialState.failed, error=describe(exc))
+        # Each upload and the summary only while the trial is still ours: a worker stalled past its lease after its
+        # last epoch, then continued, must not upload or log a second time what the trial's new owner did.
         tracker = self.backends.tracker
+        lease.confirm()
         tracker.log_artifacts(ctx.run_id, {"plots": workdir / "plots"})
         for path in result.checkpoints.values():
+            lease.confirm()
             tracker.log_artifacts(ctx.run_id, {"checkpoints": Path(path)})
         summary = {k: v for k, v in result.summary.items() if isinstance(v, (int, float))}
         per_epoch = set(ctx.history[-1]) if ctx.history else set()
+        lease.confirm()
         # A summary figure named like a per-epoch metric (images_per_second: the median) must not add a
         # point to that metric's curve.
         tracker.log_summary(ctx.run_id, {f"median_{k}" if k in per_epoch else k: v for k, v in summary.items()},
@@ -300,21 +356,33 @@ class TrialRunner:
             return None
         return self._finish(ctx, TrialState.cancelled, error=str(reason.value if isinstance(reason, StopReason) else reason))
 
-    def _fail_before_start(self, claim: queue.Claim, started: Started, exc: Exception) -> TrialState | None:
-        """Starting the trial failed: requeue it (infrastructure; a retry reuses what was made so far) or fail it
-        (a bad spec) together with its Optuna trial and MLflow run if it had them."""
-        log.exception("trial %s of sweep %s could not start", claim.number, claim.sweep_id)
+    def _abandon(self, claim: queue.Claim, started: Started, exc: Exception) -> TrialState | None:
+        """Something outside training failed (starting, resuming, the final uploads): requeue the trial
+        (infrastructure, such as MLflow or the database away; a retry reuses what was made so far) or fail it with
+        the reason, together with its Optuna trial and MLflow run if it had them. The reason is the real one, never
+        a "worker lost" the lease would have said after the slot crashed."""
+        log.exception("trial %s of sweep %s: %s", claim.number, claim.sweep_id,
+                      "could not start" if started.context is None else "failed outside training")
+        error = describe(exc)
+        epochs_done = started.context.epochs_done if started.context is not None else claim.epochs_done
         if self.retry.classify(exc, claim.attempts) is Outcome.requeue:
             self._db(lambda: queue.release(self.backends.sessions, claim.row_id, self.worker_id,
-                                           epochs_done=claim.epochs_done, reason=describe(exc)), "releasing the trial")
+                                           epochs_done=epochs_done, reason=error, count_attempt=True),
+                     "releasing the trial")
             return None
-        error = describe(exc)
-        written, _ = self._db(lambda: queue.finish(
-            self.backends.sessions, claim.row_id, self.worker_id, TrialState.failed, error=error
+        written, sweep_state = self._db(lambda: queue.finish(
+            self.backends.sessions, claim.row_id, self.worker_id, TrialState.failed, error=error,
+            epochs_done=epochs_done,
         ), "failing the trial")
         if not written:
             return None
-        self._db(lambda: sweeps.close_trial(self.backends, optuna_trial_id=started.optuna_trial_id,
-                                            run_id=started.run_id, state=TrialState.failed, error=error),
-                 "closing the trial in Optuna and MLflow")
+        try:  # the store has the failure; MLflow (maybe the very thing that failed) is told if it can be
+            self._db(lambda: sweeps.close_trial(self.backends, optuna_trial_id=started.optuna_trial_id,
+                                                run_id=started.run_id, state=TrialState.failed, error=error),
+                     "closing the trial in Optuna and MLflow")
+            if sweep_state is SweepState.completed:
+                sweeps.close_sweep_run(self.backends, claim.sweep_id)
+        except Exception:
+            log.warning("trial %s failed (%s) but could not be closed in Optuna or MLflow", claim.number, error,
+                        exc_info=True)
         return TrialState.failed

@@ -98,7 +98,12 @@ class Worker:
                 self._stop.wait(self.settings.poll_seconds)
                 continue
             log.info("worker %s runs trial %s of sweep %s", self.worker_id, claim.number, claim.sweep_id)
-            state = self.runner.run(claim)
+            try:
+                state = self.runner.run(claim)
+            except Exception:  # the runner reports a trial's own failures; this is its reporting failing too
+                log.exception("trial %s of sweep %s: could not be run or its end recorded; its lease will run out",
+                              claim.number, claim.sweep_id)
+                state = None
             log.info("trial %s of sweep %s ended: %s", claim.number, claim.sweep_id, state.value if state else "released")
             self.trials_run += 1
         if not self.backends.tracker.flush(timeout=60):  # a released trial's last epochs, before the process ends

@@ -278,11 +278,16 @@ def finish(
         return True, _maybe_finish_sweep(session, sweep_id)
 
 
-def release(sessions: sessionmaker[Session], row_id: int, worker_id: str, *, epochs_done: int, reason: str) -> bool:
-    """Give a running trial back to the queue (graceful shutdown); it will resume from its checkpoint."""
+def release(
+    sessions: sessionmaker[Session], row_id: int, worker_id: str, *, epochs_done: int, reason: str,
+    count_attempt: bool = False,
+) -> bool:
+    """Give a running trial back to the queue; it will resume from its checkpoint. A graceful shutdown is not
+    one of its attempts; a failure that may not repeat (``count_attempt``: MLflow or the database away) is, so
+    one that does repeat fails the trial once its attempts are spent instead of requeueing it for ever."""
     return _owned_write(sessions, row_id, worker_id, {
         "state": TrialState.queued, "worker_id": None, "lease_expires_at": None, "epochs_done": epochs_done,
-        "attempts": Trial.attempts - 1, "error": reason,
+        "attempts": Trial.attempts if count_attempt else Trial.attempts - 1, "error": reason,
     })
 
 

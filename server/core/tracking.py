@@ -13,7 +13,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,8 @@ TAG_RESUMED_FROM = "vitsweep.resumed_from_epoch"
 MAX_PARAM_LEN = 6000
 LOG_ATTEMPTS = 3  # a background metrics batch is tried this often before it is dropped (with a warning)
 log = logging.getLogger(__name__)
+Guard = Callable[[], bool]
+"""Asked right before a deferred write: whether it may still be made (the writer still owns its trial)."""
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -59,7 +61,7 @@ class Tracker:
         self.artifact_root = artifact_root
         self.client = MlflowClient(tracking_uri)
         self._experiment_id: str | None = None
-        self._pending: queue.Queue[tuple[str, list[Metric]]] | None = None
+        self._pending: queue.Queue[tuple[str, list[Metric], Guard | None]] | None = None
         _sqlite_wal(tracking_uri)
 
     # -- metrics off the training thread ----------------------------------------------------------------
@@ -68,17 +70,20 @@ class Tracker:
         """From now on, ``log_epoch`` queues its batch for a background thread and returns at once.
 
         Batches are sent one at a time in the order they were queued. A batch that fails ``LOG_ATTEMPTS``
-        times is dropped with a warning: a tracking-store hiccup must not fail a trial that trains fine.
+        times is dropped with a warning: a tracking-store hiccup must not fail a trial that trains fine. A batch
+        whose ``guard`` says no when its turn comes (the worker lost the trial meanwhile) is dropped unsent.
         """
         if self._pending is not None:
             return
         self._pending = queue.Queue()
         threading.Thread(target=self._send_pending, args=(self._pending,), daemon=True, name="mlflow-metrics").start()
 
-    def _send_pending(self, pending: queue.Queue[tuple[str, list[Metric]]]) -> None:
+    def _send_pending(self, pending: queue.Queue[tuple[str, list[Metric], Guard | None]]) -> None:
         while True:
-            run_id, batch = pending.get()
+            run_id, batch, guard = pending.get()
             try:
+                if not _allowed(guard, run_id, batch):
+                    continue
                 for attempt in range(1, LOG_ATTEMPTS + 1):
                     try:
                         self.client.log_batch(run_id, metrics=batch)
@@ -191,12 +196,14 @@ class Tracker:
                                        order_by=["attributes.start_time ASC"], max_results=1)
         return runs[0].info.run_id if runs else None
 
-    def log_epoch(self, run_id: str, epoch: int, metrics: Mapping[str, float]) -> None:
+    def log_epoch(self, run_id: str, epoch: int, metrics: Mapping[str, float], *, guard: Guard | None = None) -> None:
+        """One epoch's metrics at ``step=epoch``; ``guard`` is asked right before they are sent (from the background
+        thread, maybe a while later): False drops them, so a worker that lost its trial meanwhile logs nothing."""
         now = _now_ms()
         batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items() if v is not None]
         if self._pending is not None:
-            self._pending.put((run_id, batch))
-        else:
+            self._pending.put((run_id, batch, guard))
+        elif _allowed(guard, run_id, batch):
             self.client.log_batch(run_id, metrics=batch)
 
     def logged_steps(self, run_id: str, key: str, *, default: Iterable[int] = ()) -> set[int]:
@@ -241,16 +248,34 @@ class Tracker:
 
     def download_checkpoint(self, run_id: str, name: str, dest: Path) -> Path | None:
         """The checkpoint ``checkpoints/<name>`` synced to the run, downloaded into ``dest``; None if the run has
-        none (sync off, or the trial was stopped before its first epoch)."""
+        none (sync off, or the trial was stopped before its first epoch).
+
+        An unreachable tracking server is raised (:func:`unreachable`), not taken for a run without a checkpoint.
+        """
         try:
             return Path(self.client.download_artifacts(run_id, f"checkpoints/{name}", str(dest)))
-        except Exception:
+        except Exception as exc:
+            if unreachable(exc):
+                raise
             log.info("run %s has no synced checkpoints/%s", run_id, name, exc_info=True)
             return None
 
     def metric_history(self, run_id: str, keys: Iterable[str]) -> dict[str, list[tuple[int, float]]]:
         """Per metric key, the run's (step, value) pairs in step order."""
         return {k: sorted((m.step, m.value) for m in self.client.get_metric_history(run_id, k)) for k in keys}
+
+
+def _allowed(guard: Guard | None, run_id: str, batch: list[Metric]) -> bool:
+    if guard is None:
+        return True
+    try:
+        if guard():
+            return True
+    except Exception:  # a guard that cannot say yes (its store away) says no: a missing point beats a stale one
+        log.warning("could not confirm the writer of run %s still owns it", run_id, exc_info=True)
+    log.info("dropped %d metric(s) of run %s (step %s): its trial is no longer this worker's", len(batch), run_id,
+             batch[0].step if batch else "?")
+    return False
 
 
 def unreachable(exc: BaseException) -> bool:

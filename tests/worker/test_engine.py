@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from server.core.models import StopReason
 from server.core.spec import ExperimentSpec
 from worker.data import DatasetSplits, ImageSet, TensorImageSet, load_dataset
 from worker.engine import EpochReport, FitResult, evaluate, fit, load_checkpoint
@@ -381,11 +382,31 @@ def test_stop_raised_by_on_epoch_still_saves_the_epoch(small: DatasetSplits, tmp
 
     def on_epoch(report: EpochReport) -> None:
         assert report.checkpoint is None  # not due at epoch 1
-        raise TrialStopped("lease lost")
+        raise TrialStopped(StopReason.cancelled)
 
-    with pytest.raises(TrialStopped, match="lease lost"):
+    with pytest.raises(TrialStopped, match="cancelled"):
         fit(make_model(spec), small, spec, device=CPU, on_epoch=on_epoch, workdir=tmp_path)
     assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] == 1
+
+
+def test_a_lost_lease_writes_no_checkpoint(small: DatasetSplits, tmp_path: Path) -> None:
+    """Once the guard says the lease is lost, fit writes nothing more: not the epoch's best.pt or last.pt, nor the
+    last.pt a stop between due checkpoints would write."""
+    spec = make_spec(epochs=4, checkpoint_every=3)
+    lost = False
+
+    def guard() -> None:
+        if lost:
+            raise TrialStopped(StopReason.lease_lost)
+
+    def on_epoch(report: EpochReport) -> None:
+        nonlocal lost
+        lost = True  # the store says, at epoch 1, that another worker took the trial
+
+    with pytest.raises(TrialStopped, match="lease lost"):
+        fit(make_model(spec), small, spec, device=CPU, on_epoch=on_epoch, workdir=tmp_path, guard=guard)
+    assert not (tmp_path / "last.pt").exists()
+    assert torch.load(tmp_path / "best.pt", weights_only=True)["epoch"] == 1
 
 
 # -- the fast path's switches (train.data_on_device, fused_optimizer, fused_attention, compile) -------------

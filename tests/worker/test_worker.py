@@ -281,3 +281,30 @@ def test_torch_named_training_without_validation_end_to_end(client, settings, ba
         assert t["value"] == pytest.approx(best)
         (ot,) = [o for o in study.trials if o.number == t["optuna_trial_number"]]
         assert ot.value == pytest.approx(best)
+
+
+def test_best_checkpoint_follows_a_minimised_objective(client, settings, backends, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A sweep minimising val_loss keeps the weights of its lowest-val_loss epoch as best.pt, not those of its
+    best val_acc (on this noisy task, high learning rate, the two epochs differ)."""
+    import torch
+
+    spec = quick_spec(
+        name="min-loss",
+        dataset={"name": "synthetic", "img_size": 8, "options": {"num_samples": 256, "num_classes": 4, "noise": 3.0}},
+        train={"epochs": 8, "lr": 0.03},
+        search={"sampler": "random", "n_trials": 1, "metric": "val_loss", "direction": "minimize",
+                "space": {"train.lr": {"type": "categorical", "choices": [0.03]}}},
+    )
+    sweep = client.post("/api/v1/sweeps", json=spec).json()
+    Worker(settings, WorkerOptions(device="cpu", burst=True), backends=backends).run()
+    (trial,) = client.get(f"/api/v1/sweeps/{sweep['id']}/trials").json()
+    assert trial["state"] == "completed", trial
+    mlflow = backends.tracker.client
+    losses = {m.step: m.value for m in mlflow.get_metric_history(trial["mlflow_run_id"], "val_loss")}
+    accs = {m.step: m.value for m in mlflow.get_metric_history(trial["mlflow_run_id"], "val_acc")}
+    lowest = min(losses, key=lambda step: losses[step])
+    assert max(accs, key=lambda step: accs[step]) != lowest, (losses, accs)  # the test tells the two apart
+    best = torch.load(mlflow.download_artifacts(trial["mlflow_run_id"], "checkpoints/best.pt", str(tmp_path)),
+                      weights_only=True)
+    assert best["epoch"] == lowest and best["metrics"]["val_loss"] == pytest.approx(losses[lowest])
+    assert trial["value"] == pytest.approx(losses[lowest])

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from server.core.models import StopReason
+from server.core.objectives import better
 from worker.exceptions import TrialPruned, TrialStopped
 
 from . import checkpoint, stats
@@ -45,6 +47,9 @@ class _Progress:
     history: list[dict[str, float]] = field(default_factory=list)
     best_val_acc: float = float("-inf")
     best_epoch: int = 0
+    # best.pt's epoch and its value of the sweep's objective (``spec.metric`` by ``spec.direction``)
+    best_value: float | None = None
+    best_checkpoint_epoch: int = 0
 
 
 class _Run:
@@ -79,10 +84,13 @@ class _Run:
         self.augment_gen = torch.Generator(device=device).manual_seed(t.seed + 1)
         self.nan_check_every = NAN_CHECK_EVERY_CUDA if device.type == "cuda" else 1
         self.progress = _Progress()
+        self.guard: Callable[[], None] | None = None  # called before every checkpoint write (see ``fit``)
 
     # -- checkpoints ------------------------------------------------------------------------------------------
 
     def save_last(self, path: Path) -> Path:
+        if self.guard is not None:
+            self.guard()
         p = self.progress
         return checkpoint.save({
             "model": self.model.state_dict(),
@@ -94,12 +102,17 @@ class _Run:
             "history": p.history,
             "best_val_acc": p.best_val_acc,
             "best_epoch": p.best_epoch,
+            "best_value": p.best_value,
+            "best_checkpoint_epoch": p.best_checkpoint_epoch,
             "rng": checkpoint.rng_state(self.shuffle_gen, self.augment_gen),
             "spec": self.spec.model_dump(mode="json"),
         }, path)
 
     def save_best(self, path: Path, metrics: dict[str, float]) -> Path:
+        if self.guard is not None:
+            self.guard()
         return checkpoint.save({"model": self.model.state_dict(), "epoch": self.progress.epoch, "metrics": metrics,
+                                "objective": self.spec.metric, "direction": self.spec.direction,
                                 "spec": self.spec.model_dump(mode="json")}, path)
 
     def restore(self, path: Path) -> None:
@@ -113,6 +126,12 @@ class _Run:
         checkpoint.set_rng_state(state["rng"], self.shuffle_gen, self.augment_gen)
         self.progress = _Progress(state["epoch"], state["inputs_seen"], list(state["history"]),
                                   state["best_val_acc"], state["best_epoch"])
+        if "best_checkpoint_epoch" in state:
+            self.progress.best_value, self.progress.best_checkpoint_epoch = state["best_value"], state["best_checkpoint_epoch"]
+        else:  # written before best.pt followed the objective: its best.pt is the best val_acc's
+            self.progress.best_checkpoint_epoch = state["best_epoch"]
+            self.progress.best_value = next((h.get(self.spec.metric) for h in self.progress.history
+                                             if h.get("epoch") == state["best_epoch"]), None)
 
     # -- one epoch --------------------------------------------------------------------------------------------
 
@@ -215,23 +234,27 @@ def fit(
     workdir: Path,
     resume: Path | None = None,
     stop: Callable[[], bool] | None = None,
+    guard: Callable[[], None] | None = None,
 ) -> FitResult:
     """Train ``model`` on ``data`` as ``spec.train`` says, reporting every epoch to ``on_epoch``.
 
-    Each epoch writes ``workdir/best.pt`` when validation accuracy improves and ``workdir/last.pt`` every
-    ``checkpoint_every`` epochs and after the last, then calls ``on_epoch``, then polls ``stop``. With
-    ``resume`` (a ``last.pt``), training carries on from the epoch after the saved one with the saved
-    optimiser, schedule, scaler, generators and history, so the result matches an uninterrupted run.
+    Each epoch writes ``workdir/best.pt`` when the sweep's objective (``spec.metric`` by ``spec.direction``)
+    improves and ``workdir/last.pt`` every ``checkpoint_every`` epochs and after the last, then calls
+    ``on_epoch``, then polls ``stop``. With ``resume`` (a ``last.pt``), training carries on from the epoch after
+    the saved one with the saved optimiser, schedule, scaler, generators and history, so the result matches an
+    uninterrupted run. ``guard`` is called before every checkpoint write: it raises :class:`TrialStopped` when
+    the trial is no longer this process's to write (its lease was lost), and nothing is written.
 
     Raises:
         TrialPruned: a NaN or infinite training loss, or raised by ``on_epoch`` (after the checkpoints).
-        TrialStopped: ``stop()`` returned true at an epoch boundary, or raised by ``on_epoch``; either way
-            ``last.pt`` holds the epoch just finished.
+        TrialStopped: ``stop()`` returned true at an epoch boundary, or raised by ``on_epoch`` or ``guard``;
+            ``last.pt`` then holds the epoch just finished, unless the lease was lost.
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     last, best = workdir / LAST, workdir / BEST
     run = _Run(model, data, spec, device)
+    run.guard = guard
     try:
         if resume is not None:
             run.restore(Path(resume))
@@ -268,6 +291,9 @@ def _train(
         p.history.append({"epoch": float(epoch), **metrics})
         if metrics.get("val_acc", float("-inf")) > p.best_val_acc:
             p.best_val_acc, p.best_epoch = metrics["val_acc"], epoch
+        value = metrics.get(run.spec.metric)
+        if value is not None and better(value, p.best_value, run.spec.direction):
+            p.best_value, p.best_checkpoint_epoch = float(value), epoch
             run.save_best(best, metrics)
         due = epoch % every == 0 or epoch == run.budget.epochs
         written = run.save_last(last) if due else None
@@ -275,8 +301,9 @@ def _train(
             on_epoch(EpochReport(epoch, dict(metrics), written))
             if stop is not None and stop():
                 raise TrialStopped("stop requested")
-        except TrialStopped:
-            if written is None:  # stopped between due checkpoints: keep this epoch's work for the resume
+        except TrialStopped as exc:
+            # Stopped between due checkpoints: keep this epoch's work for the resume; a lost lease writes nothing.
+            if written is None and exc.reason != StopReason.lease_lost:
                 run.save_last(last)
             raise
 

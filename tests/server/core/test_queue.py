@@ -54,6 +54,19 @@ def test_release_returns_the_trial_without_spending_an_attempt(backends) -> None
     assert again.params == {"train.lr": 0.01} and again.mlflow_run_id == "run"
 
 
+def test_a_failed_attempt_handed_back_spends_it(backends) -> None:  # type: ignore[no-untyped-def]
+    """A trial requeued after a failure that may not repeat (MLflow away) keeps the attempt it spent, so one that
+    does repeat ends once its attempts are used up instead of going round for ever."""
+    _sweep(backends, 1)
+    claim = queue.claim(backends.sessions, "w", "cpu", 60)
+    assert claim is not None and claim.attempts == 1
+    assert queue.release(backends.sessions, claim.row_id, "w", epochs_done=2, reason="MlflowException: away",
+                         count_attempt=True)
+    again = queue.claim(backends.sessions, "w2", "cpu", 60)
+    assert again is not None and again.row_id == claim.row_id
+    assert again.attempts == 2 and again.epochs_done == 2
+
+
 def test_a_trial_handed_back_before_its_run_keeps_its_optuna_trial(backends) -> None:  # type: ignore[no-untyped-def]
     """Bound to an Optuna trial but without an MLflow run: re-claimed as a fresh start that reuses the Optuna
     trial; cancelled while queued, its Optuna trial is closed too."""
