@@ -55,6 +55,10 @@ class Settings(BaseSettings):
         default=True,
         description="Copy each resumable checkpoint to the trial's MLflow run, so a worker on another machine can resume it.",
     )
+    system_metrics_seconds: float = Field(
+        default=10.0, ge=0, le=3600,
+        description="How often a trial's MLflow run samples system metrics (CPU, memory, GPUs); 0 turns them off.",
+    )
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
     db_wait_seconds: float = Field(
         default=45.0, ge=0, le=3600,

@@ -6,7 +6,7 @@ import json
 from typing import Annotated, Any
 
 import yaml
-from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi import APIRouter, Header, HTTPException, Query, Request, status
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
@@ -128,11 +128,14 @@ def _small(value: Any) -> bool:
     },
 )
 async def submit_sweep(
-    request: Request, backends: BackendsDep, settings: SettingsDep, catalog: CatalogDep
+    request: Request, backends: BackendsDep, settings: SettingsDep, catalog: CatalogDep,
+    user: Annotated[str | None, Header(
+        alias="X-Vitsweep-User", max_length=200,
+        description="Who submits the sweep (the CLI sends the login name): its MLflow runs' user.")] = None,
 ) -> SweepPublic:
     """Validate an experiment spec (JSON or YAML), store it, create its Optuna study and queue its trials."""
     spec = await parse_spec_body(request, settings.max_body_bytes, catalog)
-    sweep = sweeps.create_sweep(backends, spec)
+    sweep = sweeps.create_sweep(backends, spec, user=(user.strip() or None) if user else None)
     return _public(sweeps.get_sweep(backends.sessions, sweep.id), with_spec=True)
 
 
