@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.table import Table
 
 from server.cli.app import app, console, err, settings
 from server.cli.client import ApiClient
@@ -104,14 +103,14 @@ def mlflow_link(s: Settings, sweep: dict[str, Any] | None = None) -> str:
     return runs_url(s.mlflow_ui, experiment)
 
 
-def _addresses(s: Settings, ui: bool = True, sweep: dict[str, Any] | None = None) -> Table:
-    table = Table(show_header=False, box=None)
-    table.add_row("API docs", f"{s.base_url}/docs")
+def _print_addresses(s: Settings, ui: bool = True, sweep: dict[str, Any] | None = None) -> None:
+    """One line per address, never wrapped by rich (a long MLflow link must stay one link to copy or click)."""
+    rows = [("API docs", f"{s.base_url}/docs")]
     if ui:
-        table.add_row("MLflow UI", mlflow_link(s, sweep))
-        table.add_row("Optuna dashboard", s.dashboard)
-    table.add_row("Home", str(s.home))
-    return table
+        rows += [("MLflow UI", mlflow_link(s, sweep)), ("Optuna dashboard", s.dashboard)]
+    rows.append(("Home", str(s.home)))
+    for name, address in rows:
+        console.print(f"{name:<17} {address}", soft_wrap=True, highlight=False)
 
 
 @app.command()
@@ -137,7 +136,7 @@ def up(
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
     console.print("[green]vitsweep is up[/]")
-    console.print(_addresses(s, ui))
+    _print_addresses(s, ui)
     console.print("Ctrl-C stops everything.")
     try:
         while not stack.dead():
@@ -180,7 +179,7 @@ def demo(
         if best:
             console.print(f"best trial {best['number']}: {final['metric']} = [bold]{best['value']:.4f}[/] "
                           f"with {best['params']}")
-        console.print(_addresses(s, ui, final))
+        _print_addresses(s, ui, final)
         if keep or (keep is None and sys.stdin.isatty() and sys.stdout.isatty()):
             console.print("The stack stays up; Ctrl-C stops it.")
             while not stack.dead():
