@@ -219,6 +219,9 @@ def test_checkpoints_reload_to_the_same_metrics(vit_run: VitRun, digits: Dataset
     saved = load_checkpoint(result.checkpoints["best"], model)
     assert saved["epoch"] == result.best_epoch
     assert evaluate(model, digits, spec, CPU)["val_acc"] == result.best_val_acc
+    # The result's model (what MLflow logs) is a copy with the best epoch's weights.
+    assert result.model is not None
+    assert all(torch.equal(v, saved["model"][k]) for k, v in result.model.state_dict().items())
 
 
 def test_stn_plot(small: DatasetSplits, tmp_path: Path) -> None:
