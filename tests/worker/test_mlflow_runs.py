@@ -14,7 +14,6 @@ import optuna
 import pytest
 import torch
 
-from server.core.tracking import vitsweep_version
 from tests.helpers import quick_spec
 from worker.exceptions import TrialPruned
 from worker.training import SpecTrainer
@@ -70,6 +69,8 @@ def test_runs_as_mlflow_users_expect_them(client, settings, backends, monkeypatc
     assert "cifar" in fail.data.tags["mlflow.note.content"].lower()
 
     # Source and user: vitsweep and its version on every run; the submitter on the sweep's runs.
+    from server.core.tracking import vitsweep_version
+
     parent = tracking.get_run(sweep["mlflow_run_id"])
     for run in (parent, done, pruned, cancelled):
         assert run.data.tags["mlflow.source.name"] == f"vitsweep {vitsweep_version()}"
