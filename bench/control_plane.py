@@ -194,7 +194,7 @@ def _worker_process(
         best.write_bytes(checkpoint_bytes)
         summary = {"param_count": 1000.0, "flops_per_image": 1e6, "peak_memory_bytes": 1e8, "best_val_acc": 0.51,
                    "best_epoch": float(epochs), "final_train_acc": 0.5, "final_val_acc": 0.51,
-                   "final_val_loss": 1.0, "seconds_per_epoch": 0.01, "images_per_second": 1000.0,
+                   "final_val_loss": 1.0, "seconds_per_epoch": 0.01, "median_images_per_second": 1000.0,
                    "inputs_seen": 16.0 * epochs}
         records[-1]["train_end"] = time.time()
         return FitResult(history=history, best_val_acc=0.51, best_epoch=epochs, final=history[-1],

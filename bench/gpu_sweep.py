@@ -389,8 +389,9 @@ def run_service(
     for t in trials:
         m = t.get("metrics") or {}
         side.train_images += int(m.get("inputs_seen", 0))
-        if m.get("images_per_second"):
-            side.trial_images_per_s.append(float(m["images_per_second"]))
+        rate = m.get("median_images_per_second", m.get("images_per_second"))  # the latter: older stores
+        if rate:
+            side.trial_images_per_s.append(float(rate))
         side.flops_per_image = float(m.get("flops_per_image", side.flops_per_image))
     slots_used = len({t["worker_id"] for t in trials})
     side.notes += f"; {slots_used} slot(s) took trials"

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from server.core.exceptions import NotFoundError
 from server.core.models import Sweep, SweepState, Trial, TrialState
-from server.core.objectives import Direction, rank_key
+from server.core.objectives import Direction, rank_key, stored_figure
 
 Format = Literal["table", "csv", "json", "md"]
 # The columns a comparison sorts by (every one but the searched values and the objectives, which are mappings).
@@ -40,7 +40,7 @@ COLUMNS: list[tuple[str, str]] = [
     ("param_count", "params"),
     ("peak_memory_mb", "peak MB"),
     ("seconds_per_epoch", "s/epoch"),
-    ("images_per_second", "img/s"),
+    ("median_images_per_second", "img/s"),
     ("epochs", "epochs"),
 ]
 
@@ -102,7 +102,7 @@ def _row(sweep: Sweep, trial: Trial) -> dict[str, Any]:
         "param_count": _param_count(m),
         "peak_memory_mb": round(peak / 2**20, 1) if peak is not None else None,
         "seconds_per_epoch": m.get("seconds_per_epoch"),
-        "images_per_second": m.get("images_per_second"),
+        "median_images_per_second": stored_figure(m, "median_images_per_second"),
         "epochs": trial.epochs_done,
         "mlflow_run_id": trial.mlflow_run_id,
         "objectives": m.get("objectives"),
@@ -150,7 +150,7 @@ def cell(key: str, value: Any) -> str:
     if isinstance(value, float):
         if key in ("seconds_per_epoch", "peak_memory_mb"):
             return f"{value:.2f}"
-        if key == "images_per_second":
+        if key == "median_images_per_second":
             return f"{value:,.0f}"
         return f"{value:.4f}"
     if isinstance(value, int) and key == "param_count":
@@ -163,9 +163,19 @@ def short_value(v: Any) -> str:
     return f"{v:.3g}" if isinstance(v, float) else json.dumps(v) if not isinstance(v, str) else v
 
 
+def param_label(path: str) -> str:
+    """A searched path as every table, figure and line names it: its last part (``train.lr`` -> ``lr``,
+    ``model.arch.num_layers`` -> ``num_layers``), with the model for one family's keyword
+    (``model.arch_by_model.vit.num_layers`` -> ``vit.num_layers``: families may share keywords)."""
+    keys = path.split(".")
+    if keys[:2] == ["model", "arch_by_model"] and len(keys) > 3:
+        return ".".join(keys[2:])
+    return keys[-1]
+
+
 def format_params(params: dict[str, Any]) -> str:
-    """Searched values as ``num_layers=4, lr=0.001`` (each path by its last part)."""
-    return ", ".join(f"{k.rsplit('.', 1)[-1]}={short_value(v)}" for k, v in params.items())
+    """Searched values as ``num_layers=4, lr=0.001`` (each path by :func:`param_label`)."""
+    return ", ".join(f"{param_label(k)}={short_value(v)}" for k, v in params.items())
 
 
 def render(data: list[dict[str, Any]], fmt: Format, columns: Sequence[tuple[str, str]] = COLUMNS) -> str:

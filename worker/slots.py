@@ -4,7 +4,7 @@
 compares the aggregate throughput with the count before: it adds a slot while throughput still rises by at
 least ``min_gain`` and the projected memory (one more slot's peak plus its CUDA context) stays under
 ``memory_fraction`` of the device, and gives the last slot back if it made things slower. The figures are
-the trials' own, from the store: ``images_per_second`` (median over epochs, training steps only) and
+the trials' own, from the store: ``median_images_per_second`` (median over epochs of ``images_per_second``, training steps only) and
 ``peak_memory_bytes``. On the CPU, ``auto`` is a fixed count: one slot per two cores.
 
 The decision is a pure function of the measurements (:func:`decide`), so it is tested with made-up ones.

@@ -28,6 +28,7 @@ from server.core.backends import make_backends
 from server.core.config import Settings
 from server.core.db import is_transient
 from server.core.models import Trial, TrialState, utcnow
+from server.core.objectives import stored_figure
 from worker.slots import AutoSlots, SlotCount, TrialThroughput, cpu_slots, device_memory_bytes
 from worker.worker import Worker, WorkerOptions, worker_id
 
@@ -269,7 +270,7 @@ def _finished_trials(sessions: sessionmaker[Session], device: str, since: object
     out = []
     for owner, started_at, metrics in rows:
         metrics = metrics or {}
-        rate = metrics.get("images_per_second")
+        rate = stored_figure(metrics, "median_images_per_second")
         if owner and started_at is not None and isinstance(rate, (int, float)):
             out.append(TrialThroughput(owner, started_at, float(rate), float(metrics.get("peak_memory_bytes") or 0.0)))
     return out

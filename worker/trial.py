@@ -278,6 +278,14 @@ class TrialRunner:
             return None
         ctx.lease = lease
         started.context = ctx
+        if self.settings.system_metrics_seconds > 0:
+            self.backends.tracker.start_system_metrics(ctx.run_id, self.settings.system_metrics_seconds)
+        try:
+            return self._train(claim, ctx, lease)
+        finally:  # ended, or back to the queue: its system metrics stop with this attempt
+            self.backends.tracker.stop_system_metrics(ctx.run_id)
+
+    def _train(self, claim: queue.Claim, ctx: TrialContext, lease: LeaseKeeper) -> TrialState | None:
         resume_from, workdir = self._resume_point(ctx, self._workdir(claim))
         job = TrainingJob(
             claim=claim, spec=ctx.spec, device=self.device, workdir=workdir, resume=resume_from,
@@ -309,13 +317,28 @@ class TrialRunner:
             lease.confirm()
             tracker.log_artifacts(ctx.run_id, {"checkpoints": Path(path)})
         summary = {k: v for k, v in result.summary.items() if isinstance(v, (int, float))}
-        per_epoch = set(ctx.history[-1]) if ctx.history else set()
         lease.confirm()
-        # A summary figure named like a per-epoch metric (images_per_second: the median) must not add a
-        # point to that metric's curve.
-        tracker.log_summary(ctx.run_id, {f"median_{k}" if k in per_epoch else k: v for k, v in summary.items()},
-                            step=ctx.epochs_done)
+        tracker.log_summary(ctx.run_id, summary, step=ctx.epochs_done)
+        if result.model is not None:
+            lease.confirm()
+            self._log_model(ctx, result.model)
         return self._finish(ctx, TrialState.completed, value=ctx.best, metrics=summary)
+
+    def _log_model(self, ctx: TrialContext, model: torch.nn.Module) -> None:
+        """The best checkpoint as an MLflow PyTorch model (on the CPU, the model zoo's code with it); a failure
+        costs the trial nothing, its checkpoints are logged already."""
+        import vitmodels
+
+        ds = ctx.spec.dataset
+        try:
+            uri = self.backends.tracker.log_model(
+                ctx.run_id, model.to("cpu"), torch.zeros(1, ds.in_chans, ds.img_size, ds.img_size),
+                code_paths=[str(Path(vitmodels.__file__).parent)],
+            )
+            log.info("trial %s: best checkpoint logged as %s", ctx.claim.number, uri)
+        except Exception:
+            log.warning("trial %s: could not log its model to MLflow run %s", ctx.claim.number, ctx.run_id,
+                        exc_info=True)
 
     # -- endings ----------------------------------------------------------------------------------------
 

@@ -451,7 +451,7 @@ def step_vit_s(ctx: Context) -> bool:
     ctx.figures.set("flops_per_image", summary["flops_per_image"])
     ctx.figures.set("param_count", int(summary["param_count"]))
     ctx.figures.set("peak_memory_mib", round(summary["peak_memory_bytes"] / MiB, 1))
-    ctx.figures.set("images_per_s", round(summary["images_per_second"], 1))  # the median epoch, as the summary has it
+    ctx.figures.set("images_per_s", round(summary["median_images_per_second"], 1))  # the median epoch, as the summary has it
     ctx.figures.set("mfu", summary.get("mfu"))  # the trial summary's figure (None off the GPU table)
     precision = resolve_precision(spec.train.precision, device).name
     ctx.figures.set("mfu_last_epoch", stats.mfu(summary["flops_per_image"], last["images_per_second"], device, precision))

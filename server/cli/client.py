@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 from typing import Any
 
 import httpx
@@ -10,6 +11,16 @@ import typer
 from server.cli.app import err
 from server.core.config import Settings
 
+USER_HEADER = "X-Vitsweep-User"  # who submits: the sweep's MLflow runs record it as their user
+
+
+def _login() -> str | None:
+    """The user's login name, as MLflow's own client takes it for ``mlflow.user``; None where there is none."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a uid without a passwd entry (containers)
+        return None
+
 
 class ApiClient:
     """Calls the vitsweep API at ``settings.base_url`` with the bearer token if one is set; connection failures
@@ -17,7 +28,8 @@ class ApiClient:
 
     def __init__(self, settings: Settings, timeout: float = 30) -> None:
         self.base_url = settings.base_url
-        headers = {}
+        login = _login()
+        headers = {USER_HEADER: login} if login else {}
         if settings.api_token is not None:
             headers["Authorization"] = f"Bearer {settings.api_token.get_secret_value()}"
         self._headers = headers

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.table import Table
 
 from server.cli.app import app, console, err, settings
 from server.cli.client import ApiClient
@@ -140,16 +139,31 @@ def _sigterm_as_interrupt() -> None:
     signal.signal(signal.SIGTERM, handle)
 
 
-def _addresses(s: Settings, ui: bool = True) -> Table:
-    table = Table(show_header=False, box=None)
-    table.add_row("API docs", f"{s.base_url}/docs")
+def mlflow_link(s: Settings, sweep: dict[str, Any] | None = None) -> str:
+    """Where the MLflow UI lists the runs: the experiment's runs table (MLflow 3 opens an experiment's GenAI
+    overview otherwise), after a sweep only that sweep's runs. The bare UI address if MLflow cannot be read."""
+    from server.core.tracking import Tracker, runs_url
+
+    if sweep is not None and sweep.get("mlflow_experiment_id"):
+        return runs_url(s.mlflow_ui, str(sweep["mlflow_experiment_id"]), int(sweep["id"]))
+    try:
+        experiment = Tracker(s.tracking_uri, s.mlflow_experiment, s.artifacts_root).experiment_id
+    except Exception as exc:  # a tracking server away: the address still helps
+        err.print(f"[yellow]could not read MLflow's experiment {s.mlflow_experiment!r}: {exc}[/]")
+        return s.mlflow_ui
+    return runs_url(s.mlflow_ui, experiment)
+
+
+def _print_addresses(s: Settings, ui: bool = True, sweep: dict[str, Any] | None = None) -> None:
+    """One line per address, never wrapped by rich (a long MLflow link must stay one link to copy or click)."""
+    rows = [("API docs", f"{s.base_url}/docs")]
     if ui:
-        table.add_row("MLflow UI", s.mlflow_ui)
-        table.add_row("Optuna dashboard", s.dashboard)
+        rows += [("MLflow UI", mlflow_link(s, sweep)), ("Optuna dashboard", s.dashboard)]
         if s.api_token and s.api_token.get_secret_value():
-            table.add_row("UI sign-in", "any user name, the API token (VITSWEEP_API_TOKEN) as the password")
-    table.add_row("Home", str(s.home))
-    return table
+            rows.append(("UI sign-in", "any user name, the API token (VITSWEEP_API_TOKEN) as the password"))
+    rows.append(("Home", str(s.home)))
+    for name, address in rows:
+        console.print(f"{name:<17} {address}", soft_wrap=True, highlight=False)
 
 
 @app.command()
@@ -181,7 +195,7 @@ def up(
         err.print(f"[red]vitsweep up: {exc}[/]")
         raise typer.Exit(1) from None
     console.print("[green]vitsweep is up[/]")
-    console.print(_addresses(s, ui))
+    _print_addresses(s, ui)
     console.print("Ctrl-C stops everything.")
     try:
         while not stack.dead():
@@ -231,7 +245,7 @@ def demo(
         if best:
             console.print(f"best trial {best['number']}: {final['metric']} = [bold]{best['value']:.4f}[/] "
                           f"with {best['params']}")
-        console.print(_addresses(s, ui))
+        _print_addresses(s, ui, final)
         if keep or (keep is None and sys.stdin.isatty() and sys.stdout.isatty()):
             console.print("The stack stays up; Ctrl-C stops it.")
             while not stack.dead():

@@ -64,6 +64,10 @@ class Settings(BaseSettings):
         default=5.0, ge=0, le=3600,
         description="How often the API ends sweeps past their timeout and reaps expired leases (0: never).",
     )
+    system_metrics_seconds: float = Field(
+        default=10.0, ge=0, le=3600,
+        description="How often a trial's MLflow run samples system metrics (CPU, memory, GPUs); 0 turns them off.",
+    )
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
     spec_check_seconds: float = Field(
         default=10.0, gt=0, le=3600,

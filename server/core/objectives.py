@@ -15,12 +15,23 @@ Direction = Literal["maximize", "minimize"]
 # The metrics a trial reports each epoch; the (first) objective must be one of them.
 EpochMetric = Literal["val_acc", "val_loss", "train_acc", "train_loss"]
 # Figures known only once a trial has ended: further objectives of a multi-objective search.
-TrialFigure = Literal["param_count", "flops_per_image", "peak_memory_bytes", "seconds_per_epoch", "images_per_second", "svc_acc"]
+TrialFigure = Literal[
+    "param_count", "flops_per_image", "peak_memory_bytes", "seconds_per_epoch", "median_images_per_second", "svc_acc"
+]
 Objective = Literal[EpochMetric, TrialFigure]
 EPOCH_METRICS: tuple[str, ...] = get_args(EpochMetric)
-# Objective names a spec may still use for the one it now has (``params`` was the parameter count's name).
-OBJECTIVE_ALIASES = {"params": "param_count"}
+# Objective names a spec may still use for the one it now has (``params`` was the parameter count's name, and
+# ``images_per_second`` the median throughput's, which is a per-epoch metric's name).
+OBJECTIVE_ALIASES = {"params": "param_count", "images_per_second": "median_images_per_second"}
 K = TypeVar("K", bound=Hashable)
+
+
+def stored_figure(metrics: Mapping[str, Any], name: str) -> Any:
+    """A trial figure from a stored trial's metrics, also from trials stored under its old name."""
+    if name in metrics:
+        return metrics[name]
+    old = next((k for k, v in OBJECTIVE_ALIASES.items() if v == name), None)
+    return metrics.get(old) if old is not None else None
 
 
 def finite(value: Any) -> TypeGuard[float]:

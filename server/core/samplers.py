@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, get_args
 
+import numpy as np
 import optuna
 
 SamplerName = Literal["tpe", "random", "cmaes", "gp", "nsga2", "grid"]
@@ -32,9 +33,21 @@ _PRUNER_FACTORIES: dict[str, Callable[..., optuna.pruners.BasePruner]] = {
 }
 
 
-def make_sampler(name: str, options: Mapping[str, Any], *, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
-    """The sampler ``name`` with ``options``; a ``seed`` option is shifted by ``seed_offset`` so that trials
-    sampled by different processes do not draw the same point.
+def trial_seed(seed: int, trial_number: int) -> int:
+    """The seed one trial's sampler draws with: a child of the sweep's ``seed`` spawned for ``trial_number``
+    (NumPy's ``SeedSequence``), so every (seed, trial) pair has a stream of its own: two sweeps share draws only
+    when they share a seed, and no trial repeats another's (``seed + number`` made sweep 1's trial k sweep 0's
+    trial k + 1)."""
+    if seed < 0 or trial_number < 0:
+        raise ValueError(f"seeds and trial numbers are non-negative, got {seed=} and {trial_number=}")
+    return int(np.random.SeedSequence(seed, spawn_key=(trial_number,)).generate_state(1)[0])
+
+
+def make_sampler(
+    name: str, options: Mapping[str, Any], *, trial_number: int | None = None
+) -> optuna.samplers.BaseSampler:
+    """The sampler ``name`` with ``options``; with ``trial_number``, a ``seed`` option becomes that trial's own
+    seed (:func:`trial_seed`), so trials sampled by different processes do not draw the same point.
 
     Raises:
         ValueError: an unknown sampler (the grid is not one: grids fix every trial's values up front).
@@ -46,8 +59,8 @@ def make_sampler(name: str, options: Mapping[str, Any], *, seed_offset: int = 0)
     if factory is None:
         raise ValueError(f"sampler {name!r} needs a newer Optuna")
     kwargs = dict(options)
-    if kwargs.get("seed") is not None:
-        kwargs["seed"] = int(kwargs["seed"]) + seed_offset
+    if kwargs.get("seed") is not None and trial_number is not None:
+        kwargs["seed"] = trial_seed(int(kwargs["seed"]), trial_number)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # gp and friends are experimental
         return factory(**kwargs)

@@ -12,6 +12,7 @@ and Optuna's (``optuna.trial.TrialState``, always written out in full).
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from collections.abc import Sequence
 from datetime import datetime
@@ -77,10 +78,10 @@ def create_study(storage: optuna.storages.BaseStorage, name: str, spec: Experime
     study = optuna.create_study(study_name=name, storage=storage, directions=spec.directions, load_if_exists=False)
     study.set_user_attr("vitsweep_sweep_id", sweep_id)
     study.set_user_attr("metric", spec.metric)
-    if spec.multi_objective:
-        with warnings.catch_warnings():  # experimental since Optuna 3.2, and the only way to name the objectives
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(spec.objectives)  # optuna-dashboard labels the Pareto front's axes with these
+    with warnings.catch_warnings():  # experimental since Optuna 3.2, and the only way to name the objectives
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # optuna-dashboard labels its plots (history, Pareto front's axes) with these, not "Objective 0"
+        study.set_metric_names(spec.objectives)
     return study
 
 
@@ -141,14 +142,14 @@ def _study_for_trial(
     storage: optuna.storages.BaseStorage, name: str, spec: ExperimentSpec, *, trial_number: int,
     fixed: dict[str, Any] | None = None,
 ) -> optuna.Study:
-    """The study with the sampler and pruner one trial samples and prunes with; each trial seeds the sampler
-    apart so concurrent workers don't suggest the same point."""
+    """The study with the sampler and pruner one trial samples and prunes with; each trial's sampler has a seed
+    of its own (from the sweep's seed and the trial's number), so concurrent workers don't suggest the same point."""
     search = spec.search
     if fixed is not None:
         sampler = make_fixed_sampler(fixed, seed=trial_number)
     else:
         assert search is not None
-        sampler = make_sampler(search.sampler, search.sampler_options, seed_offset=trial_number)
+        sampler = make_sampler(search.sampler, search.sampler_options, trial_number=trial_number)
     pruner = make_pruner(search.pruner, search.pruner_options) if search is not None else make_pruner("none", {})
     return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
 
@@ -243,8 +244,14 @@ def tell(
     values: float | Sequence[float] | None = None,
 ) -> None:
     """Finish an Optuna trial by id as the store's ``state`` says (idempotent: a trial already finished is left
-    as it is). ``values`` is the objective, or every objective's value in order for a multi-objective study;
-    a completed trial without one is failed (Optuna's COMPLETE needs its values)."""
+    as it is).
+
+    ``values`` is the objective, or every objective's value in order for a multi-objective study; a completed
+    trial without one, or with one that is not a number, is failed (Optuna's COMPLETE needs its values). A
+    pruned trial gets the value ``Study.tell(state=PRUNED)`` gives it: its last reported intermediate value, so
+    optuna-dashboard's history and ``trials_dataframe()`` show it. (``Study.tell`` itself needs the study, and
+    the lease reaper and cancels close trials by id alone.)
+    """
     frozen = storage.get_trial(optuna_trial_id)
     if frozen.state.is_finished():
         return
@@ -252,8 +259,12 @@ def tell(
     told: list[float] | None = None
     if optuna_state == optuna.trial.TrialState.COMPLETE and values is not None:
         told = [float(values)] if isinstance(values, (int, float)) else [float(v) for v in values]
-    if optuna_state == optuna.trial.TrialState.COMPLETE and told is None:
-        optuna_state = optuna.trial.TrialState.FAIL
+    if optuna_state == optuna.trial.TrialState.COMPLETE and (told is None or any(math.isnan(v) for v in told)):
+        optuna_state, told = optuna.trial.TrialState.FAIL, None
+    if optuna_state == optuna.trial.TrialState.PRUNED and frozen.last_step is not None:
+        # Reports come for one objective only (multi-objective trials report none), as Optuna requires.
+        last = float(frozen.intermediate_values[frozen.last_step])
+        told = None if math.isnan(last) else [last]
     storage.set_trial_state_values(optuna_trial_id, optuna_state, told)
 
 

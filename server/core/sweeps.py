@@ -27,8 +27,10 @@ from server.core.spec import MAX_TRIALS, ExperimentSpec, slug
 log = logging.getLogger(__name__)
 
 
-def create_sweep(backends: Backends, spec: ExperimentSpec) -> Sweep:
+def create_sweep(backends: Backends, spec: ExperimentSpec, *, user: str | None = None) -> Sweep:
     """Store the sweep and its queued trials, create its Optuna study and MLflow parent run, then open it.
+
+    ``user``: who submitted it, where the client says (the MLflow user of its runs).
 
     The row is written first as ``pending`` (invisible to workers); if Optuna or MLflow fail, it is deleted
     again, so a failed submission leaves nothing behind.
@@ -60,7 +62,7 @@ def create_sweep(backends: Backends, spec: ExperimentSpec) -> Sweep:
     name = studies.study_name(sweep_id, spec.name)
     try:
         studies.create_study(backends.storage, name, spec, sweep_id)
-        run_id = backends.tracker.start_sweep(sweep_id, spec.name, spec_json, name)
+        run_id = backends.tracker.start_sweep(sweep_id, spec.name, spec_json, name, user=user)
     except Exception as exc:
         log.exception("creating the study or MLflow run of sweep %s failed; removing it", sweep_id)
         studies.delete_study(backends.storage, name)

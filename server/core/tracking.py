@@ -13,14 +13,22 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import yaml
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from mlflow.entities import Metric, Param, RunTag, SourceType
+from mlflow.utils.mlflow_tags import (
+    MLFLOW_PARENT_RUN_ID,
+    MLFLOW_RUN_NOTE,
+    MLFLOW_SOURCE_NAME,
+    MLFLOW_SOURCE_TYPE,
+    MLFLOW_USER,
+)
 
 TAG_SWEEP = "vitsweep.sweep_id"
 TAG_TRIAL = "vitsweep.trial_number"
@@ -28,11 +36,20 @@ TAG_KIND = "vitsweep.kind"
 TAG_STATE = "vitsweep.state"
 TAG_ERROR = "vitsweep.error"
 TAG_RESUMED_FROM = "vitsweep.resumed_from_epoch"
+TAG_VERSION = "vitsweep.version"
+# MLflow 3 opens an experiment by its kind: without one it shows the GenAI overview; this is its kind for
+# training models, whose page is the runs table (the UI's own "machine learning" workflow).
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+SUMMARY_PREFIX = "summary/"  # MLflow's charts group metrics by prefix: the end-of-trial figures get their own
+MODEL_NAME = "model"  # the logged PyTorch model of a trial's best checkpoint (runs:/<run_id>/model)
+PRUNED_SUFFIX = " (pruned)"
 MAX_PARAM_LEN = 6000
 LOG_ATTEMPTS = 3  # a background metrics batch is tried this often before it is dropped (with a warning)
 log = logging.getLogger(__name__)
 Guard = Callable[[], bool]
 """Asked right before a deferred write: whether it may still be made (the writer still owns its trial)."""
+_GLOBAL_URI = threading.Lock()
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -45,6 +62,32 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[path] = value
     return out
+
+
+def vitsweep_version() -> str:
+    try:
+        return version("vitsweep")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "unknown"
+
+
+def runs_url(ui: str, experiment_id: str, sweep_id: int | None = None) -> str:
+    """The MLflow UI's runs table of the experiment (MLflow 3's model-training view, not its GenAI overview),
+    with ``sweep_id`` only that sweep's runs (its own and its trials')."""
+    url = f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    if sweep_id is not None:
+        url += "&searchFilter=" + quote(f"tags.`{TAG_SWEEP}` = '{sweep_id}'", safe="")
+    return url
+
+
+def _source_tags(user: str | None) -> dict[str, str]:
+    """What MLflow's runs table shows as a run's source and user: vitsweep and its version, who submitted."""
+    name = f"vitsweep {vitsweep_version()}"
+    tags = {MLFLOW_SOURCE_NAME: name, MLFLOW_SOURCE_TYPE: SourceType.to_string(SourceType.JOB),
+            TAG_VERSION: vitsweep_version()}
+    if user:
+        tags[MLFLOW_USER] = user
+    return tags
 
 
 def _param_text(value: Any) -> str:
@@ -62,6 +105,8 @@ class Tracker:
         self.client = MlflowClient(tracking_uri)
         self._experiment_id: str | None = None
         self._pending: queue.Queue[tuple[str, list[Metric], Guard | None]] | None = None
+        self._users: dict[str, str | None] = {}
+        self._monitors: dict[str, Any] = {}
         _sqlite_wal(tracking_uri)
 
     # -- metrics off the training thread ----------------------------------------------------------------
@@ -117,12 +162,16 @@ class Tracker:
             found = self.client.get_experiment_by_name(self.experiment_name)
             if found is not None:
                 self._experiment_id = found.experiment_id
+                if TAG_EXPERIMENT_KIND not in found.tags:  # made by an older vitsweep; a kind set by hand stays
+                    self.client.set_experiment_tag(found.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
             else:
                 location = None
                 if self.artifact_root is not None and not self.tracking_uri.startswith("http"):
                     location = (self.artifact_root / self.experiment_name).as_uri()
                 try:
-                    self._experiment_id = self.client.create_experiment(self.experiment_name, artifact_location=location)
+                    self._experiment_id = self.client.create_experiment(
+                        self.experiment_name, artifact_location=location, tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND}
+                    )
                 except Exception:
                     # Another process created it between our lookup and create.
                     found = self.client.get_experiment_by_name(self.experiment_name)
@@ -133,11 +182,14 @@ class Tracker:
 
     # -- sweeps -----------------------------------------------------------------------------------------
 
-    def start_sweep(self, sweep_id: int, name: str, spec: dict[str, Any], study_name: str) -> str:
+    def start_sweep(
+        self, sweep_id: int, name: str, spec: dict[str, Any], study_name: str, user: str | None = None
+    ) -> str:
+        """Open a sweep's parent run; ``user`` (who submitted it, where known) is its MLflow user, and its trials'."""
         run = self.client.create_run(
             self.experiment_id,
             run_name=f"{name}#{sweep_id}",
-            tags={TAG_SWEEP: str(sweep_id), TAG_KIND: "sweep", "vitsweep.study": study_name},
+            tags={TAG_SWEEP: str(sweep_id), TAG_KIND: "sweep", "vitsweep.study": study_name, **_source_tags(user)},
         )
         run_id = run.info.run_id
         plan = {k: spec[k] for k in ("search", "matrix") if spec.get(k) is not None}
@@ -175,7 +227,7 @@ class Tracker:
                 self.experiment_id,
                 run_name=run_name,
                 tags={MLFLOW_PARENT_RUN_ID: parent_run_id, TAG_SWEEP: str(sweep_id), TAG_TRIAL: str(number),
-                      TAG_KIND: "trial"},
+                      TAG_KIND: "trial", **_source_tags(self._sweep_user(parent_run_id))},
             ).info.run_id
         body = {k: v for k, v in resolved_spec.items() if k in ("dataset", "model", "train")}
         params = flatten(body)
@@ -185,6 +237,14 @@ class Tracker:
             self.client.log_batch(run_id, params=items[i : i + 100])
         self.client.log_text(run_id, yaml.safe_dump(resolved_spec, sort_keys=False), "spec.yaml")
         return run_id
+
+    def _sweep_user(self, parent_run_id: str) -> str | None:
+        """The user of a sweep's parent run (who submitted the sweep), read once per sweep and process."""
+        if not parent_run_id:
+            return None
+        if parent_run_id not in self._users:
+            self._users[parent_run_id] = self.client.get_run(parent_run_id).data.tags.get(MLFLOW_USER)
+        return self._users[parent_run_id]
 
     def _trial_run(self, parent_run_id: str, sweep_id: int, number: int) -> str | None:
         """The run an earlier start of this trial created, if any (the oldest, should there be more)."""
@@ -217,9 +277,12 @@ class Tracker:
             return set(default)
 
     def log_summary(self, run_id: str, summary: Mapping[str, float], step: int) -> None:
+        """A trial's end-of-trial figures, as ``summary/<name>``: MLflow charts them in a section of their own,
+        apart from the per-epoch curves (and a figure named like a per-epoch metric adds no point to its curve)."""
         self.flush()
         now = _now_ms()
-        batch = [Metric(k, float(v), now, step) for k, v in summary.items() if isinstance(v, (int, float))]
+        batch = [Metric(f"{SUMMARY_PREFIX}{k}", float(v), now, step) for k, v in summary.items()
+                 if isinstance(v, (int, float))]
         self.client.log_batch(run_id, metrics=batch)
 
     def log_artifacts(self, run_id: str, files: Mapping[str, Path]) -> None:
@@ -231,12 +294,75 @@ class Tracker:
                 self.client.log_artifact(run_id, str(path), subdir or None)
 
     def finish_trial(self, run_id: str, state: str, error: str | None = None) -> None:
+        """End a trial's run: FINISHED (completed, pruned), FAILED or KILLED (cancelled), tagged with its state and
+        error; a run that did not complete says why in its description, and a pruned one in its name (MLflow
+        has no pruned status, and its runs table shows names and statuses)."""
+        self.stop_system_metrics(run_id)
         self.flush()  # the run's last epochs first, then its end
         tags = [RunTag(TAG_STATE, state)]
         if error:
             tags.append(RunTag(TAG_ERROR, error[:5000]))
+        if state != "completed":
+            why = f": {error[:5000]}" if error and error != state else ""
+            tags.append(RunTag(MLFLOW_RUN_NOTE, f"**{state}**{why}"))
         self.client.log_batch(run_id, tags=tags)
+        if state == "pruned":
+            name = self.client.get_run(run_id).info.run_name or ""
+            if not name.endswith(PRUNED_SUFFIX):
+                self.client.update_run(run_id, name=name + PRUNED_SUFFIX)
         self.client.set_terminated(run_id, status=_run_status(state))
+
+    # -- system metrics and the model -------------------------------------------------------------------
+
+    def start_system_metrics(self, run_id: str, interval: float = 10.0) -> bool:
+        """Log MLflow's own system metrics (CPU, memory, and with NVIDIA's ``nvidia-ml-py`` every GPU's utilisation
+        and memory) to the run every ``interval`` seconds until it ends; False if MLflow cannot here."""
+        if run_id in self._monitors:
+            return True
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            monitor = SystemMetricsMonitor(run_id, sampling_interval=interval, resume_logging=True,
+                                           tracking_uri=self.tracking_uri)
+        except Exception:  # psutil missing, or the run unreadable: training goes on without them
+            log.warning("no system metrics for run %s", run_id, exc_info=True)
+            return False
+        monitor.start()
+        self._monitors[run_id] = monitor
+        return True
+
+    def stop_system_metrics(self, run_id: str) -> None:
+        """Stop a run's system metrics, sending what was sampled (also when its trial goes back to the queue)."""
+        monitor = self._monitors.pop(run_id, None)
+        if monitor is not None:
+            monitor.finish()
+
+    def log_model(self, run_id: str, model: Any, example: Any, code_paths: Sequence[str] = ()) -> str:
+        """Log ``model`` (a ``torch.nn.Module``) to the run as an MLflow PyTorch model, with the signature of
+        ``example`` (one input batch) and its output; ``code_paths`` travel with it (the model zoo), so
+        ``mlflow.pytorch.load_model("runs:/<run_id>/model")`` loads it anywhere torch is. Returns its URI."""
+        import mlflow.pytorch
+        import torch
+        from mlflow.models import infer_signature
+        from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+        model.eval()
+        with torch.no_grad():
+            output = model(example)
+        signature = infer_signature(example.cpu().numpy(), output.float().cpu().numpy())
+        requirements = [f"torch=={torch.__version__.split('+')[0]}"]
+        # MLflow's model logging reads the process-wide tracking URI: this tracker's for the one call, switched
+        # the way MLflow switches it itself (the global and MLFLOW_TRACKING_URI both restored afterwards).
+        # Pickled, not MLflow's newer torch.export format: that traces the model, which not every family of the
+        # zoo survives; the zoo's code travels with the model instead.
+        # The logged model is made here, in the run's experiment (MLflow would put it in the active one).
+        logged = self.client.create_logged_model(self.client.get_run(run_id).info.experiment_id, name=MODEL_NAME,
+                                                 source_run_id=run_id, model_type="pytorch")
+        with _GLOBAL_URI, _use_tracking_uri(self.tracking_uri):
+            info = mlflow.pytorch.log_model(model, name=MODEL_NAME, run_id=run_id, model_id=logged.model_id,
+                                            signature=signature, code_paths=list(code_paths) or None,
+                                            pip_requirements=requirements, serialization_format="pickle")
+        return str(info.model_uri)
 
     def resume_trial(self, run_id: str) -> None:
         """Mark a trial's run running again when another worker picks it up after a crash."""

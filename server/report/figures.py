@@ -7,14 +7,17 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from matplotlib import ticker
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure as MplFigure
 
+from server.compare import param_label
 from server.core.models import Trial, TrialState
 from server.core.spec import CategoricalParam, ExperimentSpec, FloatParam, IntParam
 
@@ -43,9 +46,27 @@ class Figure:
 
 
 
-def label(path: str) -> str:
-    """A searched path as figures and tables name it: ``train.lr`` -> ``lr``, ``model.arch.depth`` -> ``arch.depth``."""
-    return path.split(".", 1)[1] if path.startswith(("train.", "dataset.")) else path.removeprefix("model.")
+label = param_label  # one name per searched path, the comparison table's
+
+
+def numeric_axis(ax: Axes, dist: FloatParam | IntParam, values: Sequence[float]) -> None:
+    """The x axis of a numeric parameter: integer ticks for an integer one; on a log scale, ticks at 1, 2 and 5
+    per decade labelled as plain numbers (matplotlib labels only powers of ten, so an axis narrower than a
+    decade had one label, or none)."""
+    if dist.log:
+        ax.set_xscale("log")
+        low, high = min(min(values), dist.low), max(max(values), dist.high)
+        ax.set_xlim(low / 1.15, high * 1.15)
+        decades = math.log10(high / low) if low > 0 else math.inf
+        subs = (1.0, 2.0, 5.0) if decades <= 1.2 else (1.0, 3.0) if decades <= 2.2 else (1.0,)
+        ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=subs))
+        ax.xaxis.set_minor_locator(ticker.LogLocator(base=10, subs=tuple(range(1, 10))))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _pos: f"{v:g}"))
+    elif isinstance(dist, IntParam):
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+    if isinstance(dist, IntParam):
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _pos: f"{v:.0f}" if v == round(v) else ""))
 
 
 def _png(fig: MplFigure) -> bytes:
@@ -109,8 +130,8 @@ def against_params(spec: ExperimentSpec, trials: Sequence[Trial], best: int | No
                 if chosen:
                     ax.scatter([v for _, v in chosen], [_value(t) for t, _ in chosen], marker=marker, s=40,
                                color=STATE_COLORS[state.value], label=state.value, zorder=3)
-            if isinstance(dist, (FloatParam, IntParam)) and dist.log:
-                ax.set_xscale("log")
+            if isinstance(dist, (FloatParam, IntParam)):
+                numeric_axis(ax, dist, [float(v) for _, v in points])
         for t, v in points:
             if t.number == best and not isinstance(dist, CategoricalParam):
                 ax.scatter([v], [_value(t)], s=160, facecolors="none", edgecolors="black", linewidths=1.5, zorder=4,
@@ -121,8 +142,8 @@ def against_params(spec: ExperimentSpec, trials: Sequence[Trial], best: int | No
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         name = f"param_{i + 1:02d}_" + re.sub(r"[^A-Za-z0-9_]+", "_", path)[:60]
-        figures.append(Figure(name, f"{spec.metric} against {path}",
-                              f"Each trial's {spec.metric} at its best epoch against its {path}"
+        figures.append(Figure(name, f"{spec.metric} against {label(path)}",
+                              f"Each trial's {spec.metric} at its best epoch against its {label(path)} ({path})"
                               + (" (pruned trials: their best before pruning)." if any(
                                   t.state == TrialState.pruned for t, _ in points) else "."), _png(fig)))
     return figures

@@ -10,7 +10,7 @@ import zipfile
 from typing import Any
 
 from server import compare
-from server.report.figures import label
+from server.compare import param_label as label
 from server.report.gather import Report
 
 # The report is about one sweep: its id and name head the page, not every row.
@@ -91,7 +91,7 @@ def render_html(report: Report) -> str:
         )
     if report.importances:
         parts.append("<h2>Parameter importances</h2><table><tr><th class=\"text\">parameter</th><th>importance</th></tr>")
-        parts.extend(f'<tr><td class="text">{_e(k)}</td><td>{v:.3f}</td></tr>' for k, v in report.importances.items())
+        parts.extend(f'<tr><td class="text">{_e(label(k))}</td><td>{v:.3f}</td></tr>' for k, v in report.importances.items())
         parts.append("</table>")
     if report.notes:
         parts.append('<h2>Notes</h2><div class="notes"><ul>')
@@ -156,7 +156,7 @@ def render_markdown(report: Report) -> str:
         out += [f"![{fig.title}]({fig.file})", "", f"*{fig.title}.* {fig.caption}", ""]
     if report.importances:
         out += ["## Parameter importances", "", "| parameter | importance |", "|---|---|"]
-        out += [f"| {k} | {v:.3f} |" for k, v in report.importances.items()]
+        out += [f"| {label(k)} | {v:.3f} |" for k, v in report.importances.items()]
         out.append("")
     if report.notes:
         out += ["## Notes", ""] + [f"- {n}" for n in report.notes] + [""]

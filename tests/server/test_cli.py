@@ -140,6 +140,11 @@ def test_readme_demo_command(cli_env: dict[str, str], tmp_path: Path) -> None:
     assert best >= 0.90, out[-3000:]
     for address in ("API docs", "MLflow UI", "Optuna dashboard"):
         assert address in out
+    # The MLflow address is the runs table of the demo sweep's experiment, on one line (no wrapping).
+    link = re.search(r"^MLflow UI\s+(\S+)$", out, flags=re.M)
+    assert link is not None and re.fullmatch(
+        r"http://127\.0\.0\.1:\d+/#/experiments/\d+/runs\?workflowType=machine_learning&searchFilter=\S+", link.group(1)
+    ), out[-2000:]
     assert "comparison" in out
     # The comparison table lists the sweep's six trials, each finished (completed or pruned by the median rule).
     table = out[out.index("comparison"):]

@@ -20,7 +20,7 @@ def test_partial_figures_of_a_pruned_trial() -> None:
     summary = history_summary(history)
     assert summary == {
         "best_val_acc": 0.7, "best_epoch": 2.0, "final_train_acc": 0.8, "final_val_acc": 0.65, "final_val_loss": 1.1,
-        "seconds_per_epoch": 2.0, "images_per_second": 200.0,
+        "seconds_per_epoch": 2.0, "median_images_per_second": 200.0,
     }
     assert history_summary([]) == {}
     assert history_summary([{"val_acc": float("nan")}]) == {}

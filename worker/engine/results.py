@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -26,7 +30,8 @@ class FitResult:
     """A finished training run.
 
     ``history`` holds one dict per epoch (metrics plus ``"epoch"``); ``summary`` the scalar figures the store
-    keeps per trial (parameters, FLOPs, memory, throughput, probe accuracy); ``artifacts`` the plot files.
+    keeps per trial (parameters, FLOPs, memory, median throughput, probe accuracy); ``artifacts`` the plot
+    files; ``model`` a CPU copy of the trained module with its best epoch's weights (``best.pt``), or None without one.
     """
 
     history: list[dict[str, float]]
@@ -36,3 +41,4 @@ class FitResult:
     summary: dict[str, float]
     checkpoints: dict[str, Path] = field(default_factory=dict)
     artifacts: list[Path] = field(default_factory=list)
+    model: nn.Module | None = None

@@ -11,6 +11,9 @@ from collections.abc import Mapping, Sequence
 def history_summary(history: Sequence[Mapping[str, float]]) -> dict[str, float]:
     """Best and final epochs' figures, mean seconds per epoch and median training throughput.
 
+    Each name says what it is, so none is a per-epoch metric's name with another meaning: the median of the
+    epochs' ``images_per_second`` is ``median_images_per_second``.
+
     ``best_val_acc`` and ``best_epoch`` come from the first epoch with the highest finite validation accuracy
     (epochs are numbered by their ``"epoch"`` entry, or from 1); empty when no epoch has one.
     """
@@ -28,7 +31,7 @@ def history_summary(history: Sequence[Mapping[str, float]]) -> dict[str, float]:
         "final_val_acc": float(last.get("val_acc", math.nan)),
         "final_val_loss": float(last.get("val_loss", math.nan)),
         "seconds_per_epoch": statistics.fmean(seconds) if seconds else math.nan,
-        "images_per_second": statistics.median(rates) if rates else math.nan,
+        "median_images_per_second": statistics.median(rates) if rates else math.nan,
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 import warnings
 from collections.abc import Callable
@@ -206,11 +207,11 @@ class _Run:
             "flops_per_image": float(flops),
             "peak_memory_bytes": float(stats.peak_memory_bytes(self.device)),
             "best_val_acc": nan, "best_epoch": 0.0, "final_train_acc": nan, "final_val_acc": nan,
-            "final_val_loss": nan, "seconds_per_epoch": nan, "images_per_second": nan,
+            "final_val_loss": nan, "seconds_per_epoch": nan, "median_images_per_second": nan,
             **history_summary(p.history),
             "inputs_seen": float(p.inputs_seen),
         }
-        mfu = stats.mfu(flops, out["images_per_second"], self.device, self.precision.name)
+        mfu = stats.mfu(flops, out["median_images_per_second"], self.device, self.precision.name)
         if mfu is not None:
             out["mfu"] = mfu
         if t.svc_probe:
@@ -319,6 +320,10 @@ def _finish(run: _Run, workdir: Path, last: Path, best: Path) -> FitResult:
         if run.spec.train.plots
         else []
     )
+    model = None
+    if best.exists():  # a copy with the best epoch's weights, as best.pt holds them; the caller's model is left be
+        model = copy.deepcopy(run.model).to("cpu")
+        model.load_state_dict(checkpoint.read(best)["model"])
     return FitResult(
         history=[dict(h) for h in p.history],
         best_val_acc=p.best_val_acc,
@@ -327,6 +332,7 @@ def _finish(run: _Run, workdir: Path, last: Path, best: Path) -> FitResult:
         summary=summary,
         checkpoints={name: path for name, path in (("best", best), ("last", last)) if path.exists()},
         artifacts=artifacts,
+        model=model,
     )
 
 

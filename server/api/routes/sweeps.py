@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated, Any
 
 import yaml
-from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi import APIRouter, Header, HTTPException, Query, Request, status
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -133,7 +134,12 @@ def _small(value: Any) -> bool:
                      "nothing stored"),
     },
 )
-async def submit_sweep(request: Request, backends: BackendsDep, settings: SettingsDep) -> SweepPublic:
+async def submit_sweep(
+    request: Request, backends: BackendsDep, settings: SettingsDep,
+    user: Annotated[str | None, Header(
+        alias="X-Vitsweep-User", max_length=200,
+        description="Who submits the sweep (the CLI sends the login name): its MLflow runs' user.")] = None,
+) -> SweepPublic:
     """Validate an experiment spec (JSON or YAML), store it, create its Optuna study and queue its trials.
 
     Nothing of it runs on the event loop: parsing and storing in worker threads, the plan check (every model the
@@ -141,7 +147,9 @@ async def submit_sweep(request: Request, backends: BackendsDep, settings: Settin
     """
     spec = await parse_spec_body(request, settings.max_body_bytes)
     await check_plan(request, spec)
-    sweep = await run_in_threadpool(sweeps.create_sweep, backends, spec)
+    sweep = await run_in_threadpool(
+        partial(sweeps.create_sweep, backends, spec, user=(user.strip() or None) if user else None)
+    )
     view = await run_in_threadpool(sweeps.get_sweep, backends.sessions, sweep.id)
     return _public(view)
 
