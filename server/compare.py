@@ -20,7 +20,7 @@ Format = Literal["table", "csv", "json", "md"]
 SortColumn = Literal[
     "sweep_id", "sweep", "trial", "slug", "model", "dataset", "state", "metric", "value", "best_val_acc",
     "final_train_acc", "final_val_loss", "svc_acc", "param_count", "peak_memory_mb", "seconds_per_epoch",
-    "images_per_second", "epochs", "mlflow_run_id", "error",
+    "median_images_per_second", "epochs", "mlflow_run_id", "error",
 ]
 
 # (column, header) in display order; metric keys come from the trial's final figures.

@@ -34,7 +34,7 @@ class TrialMetrics(BaseModel):
     final_val_acc: float | None = None
     final_val_loss: float | None = None
     seconds_per_epoch: float | None = Field(None, description="Mean wall time of an epoch.")
-    images_per_second: float | None = Field(None, description="Median training throughput over the epochs.")
+    median_images_per_second: float | None = Field(None, description="Median training throughput over the epochs.")
     inputs_seen: int | None = Field(None, description="Training images seen over the whole trial.")
     param_count: int | None = Field(None, description="The model's parameters.")
     flops_per_image: float | None = Field(None, description="Forward FLOPs of one image.")
@@ -149,7 +149,7 @@ class CompareRow(BaseModel):
     param_count: int | None
     peak_memory_mb: float | None
     seconds_per_epoch: float | None
-    images_per_second: float | None
+    median_images_per_second: float | None = Field(description="Median training throughput over the epochs.")
     epochs: int = Field(description="Epochs trained.")
     mlflow_run_id: str | None
     objectives: dict[str, float] | None = Field(description="Multi-objective sweeps: every objective's value.")
