@@ -12,8 +12,10 @@ import torch
 from PIL import Image
 from torch import nn
 
+import vitmodels
 from server.core.models import StopReason
 from server.core.spec import ExperimentSpec
+from tests.vitmodels.test_models import small as small_arch
 from worker.data import DatasetSplits, ImageSet, TensorImageSet, load_dataset
 from worker.engine import EpochReport, FitResult, evaluate, fit, load_checkpoint
 from worker.exceptions import TrialPruned, TrialStopped
@@ -137,6 +139,39 @@ def vit_run(digits: DatasetSplits, tmp_path_factory: pytest.TempPathFactory) -> 
     workdir = tmp_path_factory.mktemp("vit")
     result, reports = run(spec, digits, workdir)
     return VitRun(spec, result, reports, workdir)
+
+
+# -- every registered model through fit ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rgb32(tmp_path_factory: pytest.TempPathFactory) -> DatasetSplits:
+    """64 + 32 generated RGB images of 32x32 in 4 classes: the shape every family builds at."""
+    return load_dataset("synthetic", root=tmp_path_factory.mktemp("rgb"), img_size=32, in_chans=3, seed=0,
+                        num_samples=96, num_classes=4)
+
+
+@pytest.mark.parametrize("name", vitmodels.list_models())
+def test_every_model_fits_to_its_summary(name: str, rgb32: DatasetSplits, tmp_path: Path) -> None:
+    """Two training steps of every registered family and named config, through the real ``fit`` to the end of
+    the trial: the summary (parameter and FLOP counts, the SVC probe) and the best checkpoint, where perceiver
+    models once failed after all their epochs."""
+    img_size, arch = small_arch(name)
+    arch = {k: list(v) if isinstance(v, tuple) else v for k, v in arch.items()}  # as a spec (JSON) holds them
+    spec = ExperimentSpec(
+        name="every-model",
+        dataset={"name": "synthetic", "img_size": img_size, "in_chans": 3},
+        model={"name": name, "arch": arch},
+        train={"epochs": 1, "max_steps": 2, "batch_size": 16, "lr": 1e-3, "num_workers": 0, "svc_probe": True,
+               "plots": False},
+    ).resolve({})
+    result, reports = run(spec, rgb32, tmp_path, model=vitmodels.create_model(name, num_classes=4, img_size=img_size,
+                                                                                **arch))
+    assert [r.epoch for r in reports] == [1]
+    summary = result.summary
+    assert summary["param_count"] > 0 and summary["flops_per_image"] > 0, summary
+    assert 0.0 <= summary["svc_acc"] <= 1.0, summary
+    assert "best" in result.checkpoints and math.isfinite(result.final["train_loss"])
 
 
 # -- real learning ------------------------------------------------------------------------------------------
