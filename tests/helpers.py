@@ -184,3 +184,13 @@ class WorkerProcesses:
                 proc.wait(60)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def answers(url: str) -> bool:
+    """Whether ``url`` answers 200 now (a server that is not up yet, or not reachable, does not)."""
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -24,7 +24,7 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import PgDatabases
-from tests.helpers import free_port, quick_spec
+from tests.helpers import answers, free_port, quick_spec
 
 BIN = Path(sys.executable).parent
 TOKEN = "deployment-token-0123456789abcdef"
@@ -88,13 +88,6 @@ def _wait(what: str, ready: Callable[[], bool], timeout: float, procs: list[Proc
         time.sleep(0.3)
 
 
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 @pytest.fixture
 def mlflow_db(fresh_pg_database: PgDatabases) -> str:
     """A second fresh database, for the MLflow server (compose gives MLflow its own database too)."""
@@ -131,10 +124,10 @@ def test_compose_like_deployment_survives_a_killed_worker(pg_url: str, mlflow_db
                                      "--artifacts-destination", str(tmp_path / "mlartifacts"), "--serve-artifacts",
                                      "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1"],
                           {**base}, logs))
-        _wait("mlflow server", lambda: _answers(f"{tracking}/health"), 120, procs)
+        _wait("mlflow server", lambda: answers(f"{tracking}/health"), 120, procs)
         procs.append(Proc("api", [str(BIN / "vitsweep"), "server"],
                           env("api", VITSWEEP_API_PORT=str(api_port)), logs))
-        _wait("the API", lambda: _answers(f"{api}/healthz"), 120, procs)  # it migrates the database first
+        _wait("the API", lambda: answers(f"{api}/healthz"), 120, procs)  # it migrates the database first
         first, second = worker("worker-a"), worker("worker-b")  # compose: depends_on api (healthy)
         procs += [first, second]
 

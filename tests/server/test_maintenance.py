@@ -21,7 +21,7 @@ import pytest
 
 from server.core import queue
 from server.core.config import Settings
-from tests.helpers import free_port, quick_spec
+from tests.helpers import answers, free_port, quick_spec
 
 BIN = Path(sys.executable).parent
 LEASE = 0.5
@@ -58,13 +58,6 @@ class Api:
         return httpx.get(f"{self.url}/api/v1/sweeps/{sweep_id}/trials", timeout=30).json()
 
 
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 @pytest.fixture
 def api(settings: Settings, tmp_path: Path) -> Iterator[Api]:
     """`vitsweep server` on the test's store, enforcing every 0.3 s, and no worker anywhere."""
@@ -75,7 +68,7 @@ def api(settings: Settings, tmp_path: Path) -> Iterator[Api]:
     proc = subprocess.Popen([str(BIN / "vitsweep"), "server"], env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     server = Api(f"http://127.0.0.1:{port}", proc, log)
     try:
-        server.until(lambda: _answers(f"{server.url}/healthz"), 120)
+        server.until(lambda: answers(f"{server.url}/healthz"), 120)
         yield server
     finally:
         proc.terminate()
