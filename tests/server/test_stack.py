@@ -111,7 +111,7 @@ def up(tmp_path: Path, templates: Templates) -> Iterator[Up]:
     proc = subprocess.Popen(argv, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 240
-        while "vitsweep is up" not in log.read_text(errors="replace"):
+        while "Ctrl-C stops everything" not in log.read_text(errors="replace"):  # up printed all its addresses
             assert proc.poll() is None, f"up exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
             assert time.monotonic() < deadline, f"up not up in 240 s:\n{log.read_text()[-3000:]}"
             time.sleep(0.5)

@@ -20,7 +20,8 @@ LEASE = {"VITSWEEP_LEASE_SECONDS": "3", "VITSWEEP_HEARTBEAT_SECONDS": "1", "VITS
 # A slot stopped in the middle of a write transaction would hold SQLite's write lock (the store's, or the embedded
 # MLflow store's) until it is continued, and every other worker would wait on it: the tests stop slots mid-epoch
 # (or well after their last epoch's writes), where only a heartbeat a second is ever in flight.
-SUMMARY = ("param_count", "flops_per_image", "best_val_acc", "final_val_loss", "seconds_per_epoch")
+# The end-of-trial figures, as MLflow holds them (summary/<name>, apart from the per-epoch curves).
+SUMMARY = tuple(f"summary/{k}" for k in ("param_count", "flops_per_image", "best_val_acc", "final_val_loss", "seconds_per_epoch"))
 
 STALE = quick_spec(
     name="stale",

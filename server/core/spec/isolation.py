@@ -78,7 +78,7 @@ class PlanChecker:
             target=_child, args=(sender, spec, self.catalog, budget.memory_bytes), daemon=True,
             name="vitsweep-plan-check",
         )
-        building: tuple[tuple[str, ...], str] | None = None
+        building: tuple[tuple[str | int, ...], str] | None = None
         try:
             proc.start()
             sender.close()  # the child holds the only sending end now: its exit is our end of file
@@ -118,7 +118,7 @@ class PlanChecker:
             receiver.close()
 
 
-def _over_budget(building: tuple[tuple[str, ...], str] | None, what: str) -> tuple[tuple[str, ...], str]:
+def _over_budget(building: tuple[tuple[str | int, ...], str] | None, what: str) -> tuple[tuple[str | int, ...], str]:
     """The error for a check stopped at its budget: located at the model being built, if one was."""
     if building is None:
         return (), f"checking the spec {what}; no spec needs that much"

@@ -76,7 +76,7 @@ def model_choices(spec: ExperimentSpec) -> list[Any]:
     return [spec.model.name]
 
 
-BuildHook = Callable[[tuple[str, ...], str], None]
+BuildHook = Callable[[tuple[str | int, ...], str], None]
 
 
 def validate_plan(
