@@ -23,24 +23,26 @@ VITSWEEP = str(Path(sys.executable).parent / "vitsweep")
     [("postgresql", 2, 4, 200), ("sqlite", 1, 4, 200)],
     indirect=["db_url"],
 )
-def test_many_workers_each_trial_exactly_once(client, settings, backends, supervisors, slots, n_trials) -> None:  # type: ignore[no-untyped-def]
+def test_many_workers_each_trial_exactly_once(client, settings, backends, supervisors, slots, n_trials, tmp_path) -> None:  # type: ignore[no-untyped-def]
     spec = quick_spec(name="load", search={**quick_spec()["search"], "n_trials": n_trials})
     sweep = client.post("/api/v1/sweeps", json=spec).json()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # Each supervisor's output goes to a file: a pipe read one process at a time fills up for the others, and a
+    # worker writing its log then blocks (as it did once the trials logged MLflow models, with their warnings).
+    logs = [tmp_path / f"worker-{i}.log" for i in range(supervisors)]
     procs = [
         subprocess.Popen([VITSWEEP, "worker", "--devices", "cpu", "--slots-per-device", str(slots), "--burst"],
-                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for _ in range(supervisors)
+                         env=env, stdout=path.open("w"), stderr=subprocess.STDOUT, text=True)
+        for path in logs
     ]
-    outputs = []
     try:
         for p in procs:
-            outputs.append(p.communicate(timeout=900)[0])  # a deadlock shows up as this timeout
+            p.wait(timeout=900)  # a deadlock shows up as this timeout
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    log = "".join(outputs)
+    log = "".join(path.read_text() for path in logs)
     assert all(p.returncode == 0 for p in procs), log[-3000:]
     assert "database is locked" not in log
     assert "Traceback" not in log, log[log.index("Traceback") - 200 :][:3000]
