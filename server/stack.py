@@ -62,19 +62,44 @@ class Service:
         raise RuntimeError(f"{self.name} did not answer at {self.url}{self.health} within {timeout:.0f}s; see {self.log_path}")
 
     def stop(self, timeout: float) -> None:
-        """SIGTERM, then SIGKILL after ``timeout`` seconds."""
-        if not self.alive():
+        """SIGTERM to the service's process group, then SIGKILL to what is left of it after ``timeout`` seconds.
+        Returns once every process of the group is gone, not only its leader: a server's own workers (MLflow's
+        uvicorn, a supervisor's slots) may still be unwinding when the process that started them has exited."""
+        if self.proc is None:
             return
-        assert self.proc is not None
+        pgid = self.proc.pid
         try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+            os.killpg(pgid, signal.SIGTERM)
         except ProcessLookupError:
+            self.proc.poll()
             return
+        deadline = time.monotonic() + timeout
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+            pass
+        if not _group_gone(pgid, deadline):
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait()  # the leader reaped, so that only live members (or their zombies) keep the group
+            _group_gone(pgid, time.monotonic() + 10.0)
+        self.proc.wait()
+
+
+def _group_gone(pgid: int, deadline: float) -> bool:
+    """Wait until no process of group ``pgid`` is left (or ``deadline``, a ``time.monotonic()`` instant)."""
+    while True:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # a member changed its credentials: it is not ours to wait for
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
 
 
 def _bin(name: str) -> str:

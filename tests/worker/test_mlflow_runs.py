@@ -5,6 +5,7 @@ model that ``mlflow.pytorch.load_model`` loads. Optuna, read back too, holds the
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -20,13 +21,20 @@ from worker.training import SpecTrainer
 from worker.worker import Worker, WorkerOptions
 
 
-def _train(settings, client, sweep_id: int):  # type: ignore[no-untyped-def]
-    """The real training; trial 1 is pruned after reporting epoch 2 (as the pruner would), and the sweep is
-    cancelled at trial 2's first epoch."""
+def _train(settings, client, sweep_id: int, tracking: Any):  # type: ignore[no-untyped-def]
+    """The real training; trial 0 goes on from its first epoch once MLflow's system metrics monitor has logged
+    for it (a trial on a fast machine can end before the first sample is due), trial 1 is pruned after
+    reporting epoch 2 (as the pruner would), and the sweep is cancelled at trial 2's first epoch."""
     real = SpecTrainer(settings.datasets_dir, settings.download)
 
     def train(job: Any) -> Any:
         def on_epoch(report: Any) -> None:
+            if job.claim.number == 0 and report.epoch == 1:
+                run_id = client.get(f"/api/v1/sweeps/{sweep_id}/trials").json()[0]["mlflow_run_id"]
+                deadline = time.monotonic() + 60
+                while ("system/cpu_utilization_percentage" not in tracking.get_run(run_id).data.metrics
+                       and time.monotonic() < deadline):
+                    time.sleep(0.1)
             if job.claim.number == 2:
                 client.post(f"/api/v1/sweeps/{sweep_id}/cancel")
             job.on_epoch(report)
@@ -48,7 +56,7 @@ def test_runs_as_mlflow_users_expect_them(client, settings, backends, monkeypatc
                         search={**quick_spec()["search"], "n_trials": 1})
     failing = client.post("/api/v1/sweeps", json=broken).json()
     Worker(settings, WorkerOptions(device="cpu", burst=True), backends=backends,
-           train=_train(settings, client, sweep["id"])).run()
+           train=_train(settings, client, sweep["id"], backends.tracker.client)).run()
     trials = client.get(f"/api/v1/sweeps/{sweep['id']}/trials").json()
     assert [t["state"] for t in trials] == ["completed", "pruned", "cancelled", "cancelled"], trials
     (failed,) = client.get(f"/api/v1/sweeps/{failing['id']}/trials").json()
