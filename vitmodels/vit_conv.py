@@ -32,28 +32,33 @@ class ChannelLayerNorm(nn.LayerNorm):
 
 
 class ConvAttention(nn.Module):
-    """Multi-head self-attention with 1x1-conv projections."""
+    """Multi-head self-attention with 1x1-conv projections; ``attention_dropout`` drops attention weights,
+    ``dropout`` the output projection."""
 
-    def __init__(self, dim: int, heads: int, dim_head: int, dropout: float) -> None:
+    def __init__(self, dim: int, heads: int, dim_head: int, dropout: float, attention_dropout: float) -> None:
         super().__init__()
         self.heads = heads
-        self.dropout = dropout
+        self.attention_dropout = attention_dropout
         self.qkv = conv1x1(dim, 3 * heads * dim_head)
         self.out = nn.Sequential(conv1x1(heads * dim_head, dim), nn.Dropout(dropout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = rearrange(self.qkv(x), "b (n h d) t -> n b h t d", n=3, h=self.heads)
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        y = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.attention_dropout if self.training else 0.0
+        )
         return self.out(rearrange(y, "b h t d -> b (h d) t"))
 
 
 class ConvBlock(nn.Module):
     """Pre-norm transformer block: ``x + attn(norm(x))``, then ``x + mlp(norm(x))``."""
 
-    def __init__(self, dim: int, heads: int, dim_head: int, mlp_dim: int, dropout: float) -> None:
+    def __init__(
+        self, dim: int, heads: int, dim_head: int, mlp_dim: int, dropout: float, attention_dropout: float
+    ) -> None:
         super().__init__()
         self.norm1 = ChannelLayerNorm(dim)
-        self.attn = ConvAttention(dim, heads, dim_head, dropout)
+        self.attn = ConvAttention(dim, heads, dim_head, dropout, attention_dropout)
         self.norm2 = ChannelLayerNorm(dim)
         self.mlp = nn.Sequential(
             conv1x1(dim, mlp_dim), nn.GELU(), nn.Dropout(dropout), conv1x1(mlp_dim, dim), nn.Dropout(dropout)
@@ -79,6 +84,7 @@ class ConvViT(nn.Module):
         dim_head: int,
         mlp_dim: int,
         dropout: float,
+        attention_dropout: float,
     ) -> None:
         super().__init__()
         self.patch_size = patch_size
@@ -88,7 +94,7 @@ class ConvViT(nn.Module):
         self.pos_embedding = nn.Parameter(torch.randn(1, dim, num_patches + 1) * 0.02)
         self.dropout = nn.Dropout(dropout)
         self.blocks = nn.Sequential(
-            *(ConvBlock(dim, heads, dim_head, mlp_dim, dropout) for _ in range(depth))
+            *(ConvBlock(dim, heads, dim_head, mlp_dim, dropout, attention_dropout) for _ in range(depth))
         )
         self.norm = ChannelLayerNorm(dim)
 
@@ -114,12 +120,20 @@ def vit_conv(
     mlp_dim: int = 256,
     patch_size: int = 4,
     dropout: float = 0.0,
+    attention_dropout: float | None = None,
 ) -> Classifier:
-    """ViT of 1x1 convolutions; defaults suit 32px inputs (64 tokens of 4x4 pixels)."""
+    """ViT of 1x1 convolutions; defaults suit 32px inputs (64 tokens of 4x4 pixels).
+
+    ``dropout`` drops the embedded tokens, the attention's output and both MLP layers' outputs;
+    ``attention_dropout`` the attention weights (None: the same as ``dropout``). Seed 004's conv-only ViT
+    (lucidrains' vit-pytorch of then) drops no attention weights: ``dropout=0.1, attention_dropout=0.0``.
+    """
     check_positive(
         dim=dim, depth=depth, heads=heads, dim_head=dim_head, mlp_dim=mlp_dim, patch_size=patch_size
     )
-    check_probability(dropout=dropout)
+    if attention_dropout is None:
+        attention_dropout = dropout
+    check_probability(dropout=dropout, attention_dropout=attention_dropout)
     check_divides("patch_size", patch_size, "img_size", img_size)
     backbone = ConvViT(
         img_size=img_size,
@@ -131,5 +145,6 @@ def vit_conv(
         dim_head=dim_head,
         mlp_dim=mlp_dim,
         dropout=dropout,
+        attention_dropout=attention_dropout,
     )
-    return Classifier(backbone, dim, num_classes, code_size)
+    return Classifier(backbone, dim, num_classes, code_size, arch=dict(attention_dropout=attention_dropout))

@@ -171,6 +171,7 @@ def test_unknown_keyword(name: str) -> None:
         ("cnn", {"padding": -1}, "padding must be a non-negative integer"),
         ("cnn", {"padding": 0, "pool": True, "depth": 4}, "the feature map vanishes"),
         ("vit_conv", {"patch_size": 3}, "patch_size must divide img_size"),
+        ("vit_conv", {"attention_dropout": 1.0}, "attention_dropout must be a probability"),
         ("vit_stn", {"num_heads": 5}, "num_heads must divide hidden_dim"),
         ("swin", {"window_size": 3}, "window_size must divide the token grid"),
         ("swin", {"window_size": 6, "patch_size": 2}, "window_size must divide the token grid"),
@@ -349,6 +350,18 @@ def test_swin_window_checked_at_every_stage() -> None:
     # 96px / patch 4: grids 24, 12, 6, 3; a window of 8 divides stage 0 but not stage 1.
     with pytest.raises(InvalidArchError, match="stage 1 has a 12x12 grid"), torch.device("meta"):
         create_model("swin", num_classes=2, img_size=96, window_size=8)
+
+
+def test_vit_conv_attention_dropout_apart_from_dropout() -> None:
+    """Seed 004's conv-only ViT drops tokens and projections (0.1) but not attention weights; unset, the
+    attention's rate follows ``dropout``."""
+    model = build("vit_conv", arch={"dropout": 0.1, "attention_dropout": 0.0})
+    attn = model.backbone.blocks[0].attn
+    assert attn.attention_dropout == 0.0 and attn.out[1].p == 0.1
+    assert model.arch["attention_dropout"] == 0.0
+    model = build("vit_conv", arch={"dropout": 0.1})
+    assert model.backbone.blocks[0].attn.attention_dropout == 0.1
+    assert model.arch["attention_dropout"] == 0.1
 
 
 def test_vit_linear_patch_embedding() -> None:
