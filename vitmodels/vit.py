@@ -14,7 +14,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from ._checks import check_choice, check_divides, check_positive, check_probability
+from ._checks import check_bool, check_choice, check_divides, check_positive, check_probability
 from ._registry import register_model
 from ._wrap import Classifier
 
@@ -92,8 +92,13 @@ def build_vit_backbone(
     dropout: float,
     attention_dropout: float,
     patch_embedding: PatchEmbedding,
+    qkv_bias: bool = True,
 ) -> ViTBackbone:
-    """Validate the arguments, then build torchvision's ViT headless with the chosen stem."""
+    """Validate the arguments, then build torchvision's ViT headless with the chosen stem.
+
+    ``qkv_bias=False`` drops the bias of the query/key/value projection (the output projection keeps its own),
+    as timm's and many hand-written ViTs build it.
+    """
     check_vit_args(
         img_size=img_size,
         patch_size=patch_size,
@@ -105,6 +110,7 @@ def build_vit_backbone(
         attention_dropout=attention_dropout,
     )
     check_choice("patch_embedding", patch_embedding, ("conv", "linear"))
+    check_bool(qkv_bias=qkv_bias)
     from torchvision.models.vision_transformer import VisionTransformer
 
     model = VisionTransformer(
@@ -125,6 +131,9 @@ def build_vit_backbone(
         model.conv_proj = nn.Conv2d(in_chans, hidden_dim, kernel_size=patch_size, stride=patch_size)
         nn.init.trunc_normal_(model.conv_proj.weight, std=math.sqrt(1 / (in_chans * patch_size * patch_size)))
         nn.init.zeros_(model.conv_proj.bias)
+    if not qkv_bias:
+        for layer in model.encoder.layers:
+            layer.self_attention.register_parameter("in_proj_bias", None)
     model.heads = nn.Identity()
     return ViTBackbone(model)
 
@@ -144,6 +153,7 @@ def vit(
     dropout: float = 0.0,
     attention_dropout: float = 0.0,
     patch_embedding: PatchEmbedding = "conv",
+    qkv_bias: bool = True,
 ) -> Classifier:
     """torchvision ViT; defaults suit 32px inputs (64 tokens of 4x4 pixels)."""
     backbone = build_vit_backbone(
@@ -157,5 +167,6 @@ def vit(
         dropout=dropout,
         attention_dropout=attention_dropout,
         patch_embedding=patch_embedding,
+        qkv_bias=qkv_bias,
     )
     return Classifier(backbone, hidden_dim, num_classes, code_size)

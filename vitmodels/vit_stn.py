@@ -119,6 +119,7 @@ def vit_stn(
     dropout: float = 0.0,
     attention_dropout: float = 0.0,
     patch_embedding: PatchEmbedding = "conv",
+    qkv_bias: bool = True,
     stn_channels: int = 8,
     stn_hidden: int = 32,
 ) -> STNClassifier:
@@ -139,6 +140,7 @@ def vit_stn(
         dropout=dropout,
         attention_dropout=attention_dropout,
         patch_embedding=patch_embedding,
+        qkv_bias=qkv_bias,
     )
     backbone = SpatialTransformer(Localisation(in_chans, stn_channels, stn_hidden), vit)
     return STNClassifier(backbone, hidden_dim, num_classes, code_size)

@@ -167,6 +167,7 @@ def test_unknown_keyword(name: str) -> None:
         ("vit", {"num_heads": 3}, "num_heads must divide hidden_dim"),
         ("vit", {"patch_embedding": "pixel"}, "patch_embedding must be one of"),
         ("vit", {"dropout": 1.5}, "dropout must be a probability"),
+        ("vit", {"qkv_bias": "no"}, "qkv_bias must be true or false"),
         ("cnn", {"depth": 0}, "depth must be a positive integer"),
         ("cnn", {"padding": -1}, "padding must be a non-negative integer"),
         ("cnn", {"padding": 0, "pool": True, "depth": 4}, "the feature map vanishes"),
@@ -355,13 +356,32 @@ def test_swin_window_checked_at_every_stage() -> None:
 def test_vit_conv_attention_dropout_apart_from_dropout() -> None:
     """Seed 004's conv-only ViT drops tokens and projections (0.1) but not attention weights; unset, the
     attention's rate follows ``dropout``."""
-    model = build("vit_conv", arch={"dropout": 0.1, "attention_dropout": 0.0})
-    attn = model.backbone.blocks[0].attn
-    assert attn.attention_dropout == 0.0 and attn.out[1].p == 0.1
-    assert model.arch["attention_dropout"] == 0.0
-    model = build("vit_conv", arch={"dropout": 0.1})
-    assert model.backbone.blocks[0].attn.attention_dropout == 0.1
-    assert model.arch["attention_dropout"] == 0.1
+    from vitmodels.vit_conv import ConvAttention
+
+    for arch, expected in (({"dropout": 0.1, "attention_dropout": 0.0}, 0.0), ({"dropout": 0.1}, 0.1)):
+        model = build("vit_conv", arch=arch)
+        attn = model.get_submodule("backbone.blocks.0.attn")
+        assert isinstance(model, vitmodels.Classifier) and isinstance(attn, ConvAttention)
+        assert attn.attention_dropout == expected and model.arch["attention_dropout"] == expected
+        assert model.get_submodule("backbone.blocks.0.attn.out.1").p == 0.1
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", ["vit", "vit_stn"])
+def test_vit_without_qkv_bias(name: str) -> None:
+    """Seed 003's ViT projects q, k and v without a bias (its output projection keeps one): 3 * hidden_dim fewer
+    parameters a layer, and it still trains."""
+    with_bias, without = build(name), build(name, arch={"qkv_bias": False})
+    _, arch = small(name)
+    assert n_params(with_bias) - n_params(without) == arch["num_layers"] * 3 * arch["hidden_dim"]
+    loss = without(torch.randn(BATCH, 3, 32, 32)).sum()
+    loss.backward()
+    without.eval()
+    with torch.no_grad():
+        assert without(torch.randn(BATCH, 3, 32, 32)).shape == (BATCH, NUM_CLASSES)
 
 
 def test_vit_linear_patch_embedding() -> None:
