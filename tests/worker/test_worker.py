@@ -242,6 +242,22 @@ def test_lease_outlives_slow_phases_outside_epochs(client, settings, backends) -
     assert trial["state"] == "completed" and trial["attempts"] == 1, trial
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_svc_probe_every_epoch_is_an_mlflow_metric(client, settings, backends) -> None:  # type: ignore[no-untyped-def]
+    """svc_probe: {every: 1}: the real worker logs svc_acc at every epoch's step; the summary's is the last one's."""
+    spec = quick_spec(train={"epochs": 3, "svc_probe": {"every": 1, "samples": 32}}, search=None,
+                      matrix={"train.seed": [0]})
+    sweep = client.post("/api/v1/sweeps", json=spec).json()
+    _run_worker(settings, backends)
+    (trial,) = client.get(f"/api/v1/sweeps/{sweep['id']}/trials").json()
+    assert trial["state"] == "completed", trial["error"]
+    mlflow = backends.tracker.client
+    history = mlflow.get_metric_history(trial["mlflow_run_id"], "svc_acc")
+    assert [m.step for m in history] == [1, 2, 3] and all(0.0 <= m.value <= 1.0 for m in history)
+    run = mlflow.get_run(trial["mlflow_run_id"])
+    assert run.data.metrics["summary/svc_acc"] == history[-1].value == trial["metrics"]["svc_acc"]
+
+
 def test_compile_cache_is_shared_under_home(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     import os
 

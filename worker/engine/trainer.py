@@ -214,11 +214,27 @@ class _Run:
         mfu = stats.mfu(flops, out["median_images_per_second"], self.device, self.precision.name)
         if mfu is not None:
             out["mfu"] = mfu
-        if t.svc_probe:
-            svc = svc_accuracy(self.model, self.train_src, self.val_src, self.prep, self.precision, seed=t.seed)
+        probe = t.probe()
+        if probe is not None:
+            last = p.history[-1] if p.history else {}
+            # The last epoch probed already: the same weights, sample and seed, so the same SVC; not fitted twice.
+            svc = last["svc_acc"] if "svc_acc" in last else self.svc_acc(probe.samples)
             if svc is not None:
                 out["svc_acc"] = svc
         return out
+
+    def svc_acc(self, samples: int) -> float | None:
+        """The SVC probe on the model as it stands, fit on ``samples`` training images (seeded by the trial)."""
+        return svc_accuracy(self.model, self.train_src, self.val_src, self.prep, self.precision,
+                            seed=self.spec.train.seed, max_train=samples)
+
+    def probe_epoch(self, epoch: int) -> dict[str, float]:
+        """``svc_acc`` of an epoch the spec probes at (``svc_probe: {every: N}``); nothing at the others."""
+        probe = self.spec.train.probe()
+        if probe is None or not probe.every or epoch % probe.every:
+            return {}
+        svc = self.svc_acc(probe.samples)
+        return {} if svc is None else {"svc_acc": svc}
 
     def close(self) -> None:
         self.train_src.close()
@@ -288,6 +304,7 @@ def _train(
         metrics.update(run.validate())
         run.scheduler.after_epoch(metrics)
         metrics["epoch_seconds"] = time.perf_counter() - start
+        metrics.update(run.probe_epoch(epoch))  # after the clock: epoch_seconds stays training and validation
         p.epoch = epoch
         p.history.append({"epoch": float(epoch), **metrics})
         if metrics.get("val_acc", float("-inf")) > p.best_val_acc:
