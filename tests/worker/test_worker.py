@@ -258,6 +258,27 @@ def test_svc_probe_every_epoch_is_an_mlflow_metric(client, settings, backends) -
     assert run.data.metrics["summary/svc_acc"] == history[-1].value == trial["metrics"]["svc_acc"]
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_cpu_peak_memory_is_each_trials_own(client, settings, backends) -> None:  # type: ignore[no-untyped-def]
+    """Two trials in one slot process, the first with ~70x the activations of the second: the second's peak is
+    its own, not the first's high-water mark (which the process's ru_maxrss would still report)."""
+    spec = quick_spec(
+        dataset={"options": {"num_samples": 640, "num_classes": 4}}, search=None,
+        matrix={"include": [{"dataset.img_size": 64, "train.batch_size": 512},
+                            {"dataset.img_size": 8, "train.batch_size": 32}]},
+    )
+    sweep = client.post("/api/v1/sweeps", json=spec)
+    assert sweep.status_code == 201, sweep.text
+    _run_worker(settings, backends, max_trials=1)  # the big one first, then the small one in the same process
+    _run_worker(settings, backends)
+    big, small = client.get(f"/api/v1/sweeps/{sweep.json()['id']}/trials").json()
+    assert (big["state"], small["state"]) == ("completed", "completed"), (big["error"], small["error"])
+    assert big["params"]["dataset.img_size"] == 64
+    first, second = big["metrics"]["peak_memory_bytes"], small["metrics"]["peak_memory_bytes"]
+    assert first > second + 200 * 2**20, (first / 2**20, second / 2**20)
+    assert second > 50 * 2**20  # the process's resident set, interpreter and libraries included
+
+
 def test_compile_cache_is_shared_under_home(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     import os
 

@@ -62,7 +62,7 @@ class _Run:
         t = spec.train
         self.spec, self.device, self.model = spec, device, model
         torch.manual_seed(t.seed)  # dropout, stochastic depth and other draws from the global generator
-        stats.reset_peak_memory(device)  # a slot runs many trials: the peak reported is this one's
+        self.memory = stats.PeakMemory(device)  # a slot runs many trials: the peak reported is this one's
         model.to(device)
         self.runner: Callable[[Tensor], Tensor] = torch.compile(model, mode=t.compile_mode) if t.compile else model
         self.precision = resolve_precision(t.precision, device)
@@ -205,7 +205,7 @@ class _Run:
         out: dict[str, float] = {
             "param_count": float(stats.count_params(self.model)),
             "flops_per_image": float(flops),
-            "peak_memory_bytes": float(stats.peak_memory_bytes(self.device)),
+            **self.memory.figures(),
             "best_val_acc": nan, "best_epoch": 0.0, "final_train_acc": nan, "final_val_acc": nan,
             "final_val_loss": nan, "seconds_per_epoch": nan, "median_images_per_second": nan,
             **history_summary(p.history),
@@ -237,6 +237,7 @@ class _Run:
         return {} if svc is None else {"svc_acc": svc}
 
     def close(self) -> None:
+        self.memory.close()
         self.train_src.close()
         self.val_src.close()
 
