@@ -11,7 +11,7 @@ import pytest
 
 from server.core import queue
 from server.core.models import TrialState
-from tests.helpers import quick_spec, train_with_hook
+from tests.helpers import blind_client, quick_spec, train_with_hook
 from worker.worker import Worker, WorkerOptions
 
 OPTUNA_STATE = {
@@ -119,8 +119,13 @@ def test_matrix_points_and_a_single_run_train_as_written(client, settings, backe
     assert "plots/stn.png" in plots, plots
 
 
-def test_invalid_data_fails_trial_without_retry(client, settings, backends) -> None:  # type: ignore[no-untyped-def]
+def test_invalid_data_fails_trial_without_retry(settings, backends) -> None:  # type: ignore[no-untyped-def]
     spec = quick_spec(dataset={"name": "cifar10", "img_size": 8, "options": {}}, search={**quick_spec()["search"], "n_trials": 1})
+    with blind_client(settings, backends) as client:  # an API that cannot see the data queues it; the worker finds out
+        _invalid_data_fails_trial_without_retry(client, settings, backends, spec)
+
+
+def _invalid_data_fails_trial_without_retry(client, settings, backends, spec) -> None:  # type: ignore[no-untyped-def]
     sweep = client.post("/api/v1/sweeps", json=spec).json()
     _run_worker(settings, backends)
     (trial,) = client.get(f"/api/v1/sweeps/{sweep['id']}/trials").json()
