@@ -13,6 +13,7 @@ import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -391,8 +392,8 @@ class TrialRunner:
             log.warning("sweep %s: %d queued trial(s) failed with trial %s: its data is missing", claim.sweep_id,
                         len(same), claim.number)
         for ended in started:  # handed back after they had started: their Optuna trial and MLflow run end too
-            self._db(lambda e=ended: sweeps.close_trial(self.backends, optuna_trial_id=e.optuna_trial_id,
-                                                        run_id=e.mlflow_run_id, state=TrialState.failed, error=reason),
+            self._db(partial(sweeps.close_trial, self.backends, optuna_trial_id=ended.optuna_trial_id,
+                             run_id=ended.mlflow_run_id, state=TrialState.failed, error=reason),
                      "closing the trial in Optuna and MLflow")
         if sweep_state is SweepState.completed:
             sweeps.close_sweep_run(self.backends, claim.sweep_id)

@@ -17,7 +17,14 @@ from server.core.models import Sweep, Trial
 from tests.conftest import SQLITE_ONLY
 from tests.helpers import blind_client, quick_spec
 from tests.server.test_api_spec_keys import _count
-from tests.worker.test_data import write_cifar, write_fashion, write_imagefolder, write_kaggle, write_stl, write_tiny
+from tests.worker.test_data import (
+    write_cifar,
+    write_fashion,
+    write_imagefolder,
+    write_kaggle,
+    write_stl,
+    write_tiny,
+)
 from worker.worker import Worker, WorkerOptions
 
 WRITERS = {"cifar10": write_cifar, "stl10": write_stl, "fashion_mnist": write_fashion, "tiny_imagenet": write_tiny,
