@@ -379,8 +379,8 @@ class TrialRunner:
         claim, sessions = ctx.claim, self.backends.sessions
         base = ExperimentSpec.model_validate(claim.spec)
         key = _data_key(ctx.spec)
-        varies = any(p in ("dataset", "model", "model.pretrained") or p.startswith("dataset.")
-                     for p in base.searched_paths())
+        varies = any(p in ("dataset", "dataset.name", "model", "model.pretrained") or p.startswith("dataset.options")
+                     for p in base.searched_paths())  # what changes the files a trial reads (not its img_size)
         queued = self._db(lambda: sweeps.list_trials(sessions, claim.sweep_id, state=TrialState.queued),
                           "listing the sweep's queued trials")
         same = [t.id for t in queued

@@ -138,3 +138,21 @@ def test_first_trial_missing_its_data_fails_the_rest(settings: Any, backends: An
     assert digits[0]["state"] == "completed", digits[0]["error"]
     assert worker.trials_run == 2 and got["state"] == "completed"
     assert json.dumps(got["counts"]) and got["counts"]["failed"] == 3
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_search_on_missing_data_fails_at_its_first_trial(settings: Any, backends: Any) -> None:
+    """A search that does not vary its data: the first trial's DataNotFoundError fails every queued trial, so
+    the worker runs one trial, not three into the same error, and the sweep ends."""
+    spec = quick_spec(dataset=_dataset("stl10"), search={**quick_spec()["search"], "n_trials": 3, "space": {
+        "train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+        "dataset.img_size": {"type": "categorical", "choices": [8, 16]}}})
+    with blind_client(settings, backends) as client:
+        sweep = client.post("/api/v1/sweeps", json=spec).json()
+        worker = Worker(settings, WorkerOptions(device="cpu", burst=True), backends=backends)
+        worker.run()
+        trials = client.get(f"/api/v1/sweeps/{sweep['id']}/trials").json()
+        assert client.get(f"/api/v1/sweeps/{sweep['id']}").json()["state"] == "completed"
+    assert worker.trials_run == 1
+    assert [t["state"] for t in trials] == ["failed"] * 3 and "stl10_binary" in trials[0]["error"]
+    assert all(t["error"].startswith("not run: trial 0 found its data missing") for t in trials[1:]), trials
