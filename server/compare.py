@@ -19,8 +19,8 @@ Format = Literal["table", "csv", "json", "md"]
 # The columns a comparison sorts by (every one but the searched values and the objectives, which are mappings).
 SortColumn = Literal[
     "sweep_id", "sweep", "trial", "slug", "model", "dataset", "state", "metric", "value", "best_val_acc",
-    "final_train_acc", "final_val_loss", "svc_acc", "param_count", "peak_memory_mb", "seconds_per_epoch",
-    "median_images_per_second", "epochs", "mlflow_run_id", "error",
+    "final_train_acc", "final_val_loss", "svc_acc", "param_count", "peak_memory_mb", "peak_reserved_mb",
+    "seconds_per_epoch", "median_images_per_second", "epochs", "mlflow_run_id", "error",
 ]
 
 # (column, header) in display order; metric keys come from the trial's final figures.
@@ -39,6 +39,7 @@ COLUMNS: list[tuple[str, str]] = [
     ("svc_acc", "svc acc"),
     ("param_count", "params"),
     ("peak_memory_mb", "peak MB"),
+    ("peak_reserved_mb", "reserved MB"),
     ("seconds_per_epoch", "s/epoch"),
     ("median_images_per_second", "img/s"),
     ("epochs", "epochs"),
@@ -79,11 +80,14 @@ def rows(sessions: sessionmaker[Session], sweep_ids: Sequence[int], *, best_only
         return out
 
 
+def _mib(figure: float | None) -> float | None:
+    return round(figure / 2**20, 1) if figure is not None else None
+
+
 def _row(sweep: Sweep, trial: Trial) -> dict[str, Any]:
     m = trial.metrics or {}
     searched = trial.params or {}
     model = searched.get("model.name", sweep.model)
-    peak = m.get("peak_memory_bytes")
     return {
         "sweep_id": sweep.id,
         "sweep": sweep.name,
@@ -100,7 +104,8 @@ def _row(sweep: Sweep, trial: Trial) -> dict[str, Any]:
         "final_val_loss": m.get("final_val_loss"),
         "svc_acc": m.get("svc_acc"),
         "param_count": _param_count(m),
-        "peak_memory_mb": round(peak / 2**20, 1) if peak is not None else None,
+        "peak_memory_mb": _mib(m.get("peak_memory_bytes")),
+        "peak_reserved_mb": _mib(m.get("peak_memory_reserved_bytes")),
         "seconds_per_epoch": m.get("seconds_per_epoch"),
         "median_images_per_second": stored_figure(m, "median_images_per_second"),
         "epochs": trial.epochs_done,
@@ -148,7 +153,7 @@ def cell(key: str, value: Any) -> str:
     if key == "params_searched":
         return format_params(value) or "-"
     if isinstance(value, float):
-        if key in ("seconds_per_epoch", "peak_memory_mb"):
+        if key in ("seconds_per_epoch", "peak_memory_mb", "peak_reserved_mb"):
             return f"{value:.2f}"
         if key == "median_images_per_second":
             return f"{value:,.0f}"

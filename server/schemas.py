@@ -38,7 +38,11 @@ class TrialMetrics(BaseModel):
     inputs_seen: int | None = Field(None, description="Training images seen over the whole trial.")
     param_count: int | None = Field(None, description="The model's parameters.")
     flops_per_image: float | None = Field(None, description="Forward FLOPs of one image.")
-    peak_memory_bytes: int | None = Field(None, description="The trial's peak accelerator memory.")
+    peak_memory_bytes: int | None = Field(
+        None, description="The trial's own peak memory: allocated by tensors on a GPU, the process's resident set "
+        "while the trial ran on the CPU.")
+    peak_memory_reserved_bytes: int | None = Field(
+        None, description="GPU only: the trial's peak memory reserved by PyTorch's caching allocator.")
     mfu: float | None = Field(None, description="Model FLOPs utilisation against the GPU's dense peak.")
     svc_acc: float | None = Field(None, description="Accuracy of a linear SVC on the trained features.")
     objectives: dict[str, float] | None = Field(None, description="Multi-objective sweeps: every objective's value.")
@@ -147,7 +151,8 @@ class CompareRow(BaseModel):
     final_val_loss: float | None
     svc_acc: float | None
     param_count: int | None
-    peak_memory_mb: float | None
+    peak_memory_mb: float | None = Field(description="peak_memory_bytes in MiB.")
+    peak_reserved_mb: float | None = Field(None, description="peak_memory_reserved_bytes in MiB (GPU only).")
     seconds_per_epoch: float | None
     median_images_per_second: float | None = Field(description="Median training throughput over the epochs.")
     epochs: int = Field(description="Epochs trained.")

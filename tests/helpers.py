@@ -72,6 +72,16 @@ def train_with_hook(settings: Any, hook: Any) -> Any:
     return train
 
 
+def blind_client(settings: Any, backends: Any) -> Any:
+    """A TestClient of an API that does not see the workers' data directory (``VITSWEEP_CHECK_DATA=false``): it
+    queues sweeps whose data is missing, for tests of what the worker then does."""
+    from fastapi.testclient import TestClient
+
+    from server.main import create_app
+
+    return TestClient(create_app(settings.model_copy(update={"check_data": False}), backends))
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     import socket

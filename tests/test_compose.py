@@ -90,6 +90,9 @@ def test_wiring(compose) -> None:  # type: ignore[no-untyped-def]
     for name in ("api", "mlflow", "dashboard"):
         for port in services[name].get("ports", []):
             assert port.startswith("127.0.0.1:"), f"{name} publishes {port} beyond localhost"
+    # The API sees the workers' data directory, so its submission check of missing data (check_data) holds.
+    data = [v for v in services["worker"]["volumes"] if v.rsplit(":", 2)[1] == env["VITSWEEP_DATA_DIR"]]
+    assert data and data[0] in services["api"].get("volumes", []), services["api"]
     Settings(**{k.removeprefix("VITSWEEP_").lower(): v for k, v in env.items() if v and "${" not in v})
 
 

@@ -7,6 +7,7 @@ The shared layer's spec checks take a :class:`server.core.spec.Catalog`; this is
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 
@@ -29,6 +30,21 @@ class WorkerCatalog:
         from worker.augment import list_augments
 
         return list_augments()
+
+    def missing_data(self, name: str, root: Path, options: Mapping[str, Any], *, download: bool) -> str | None:
+        from worker.data import get_loader
+        from worker.data.base import DatasetLoader
+
+        cls = get_loader(name)
+        try:  # the loader as a trial makes it, reading nothing: its required() files are checked
+            loader = cls(root, img_size=32, in_chans=cls.native_chans, seed=0, download=download,
+                         options=dict(options))
+        except ValueError:  # options a trial would refuse: said by the spec checks, not here
+            return None
+        missing = loader.missing()
+        if not missing or (download and type(loader).fetch is not DatasetLoader.fetch):
+            return None
+        return loader.missing_message(missing[0])
 
 
 WORKER_CATALOG = WorkerCatalog()

@@ -20,6 +20,7 @@ from server.core import queue
 from server.core.datapaths import confine
 from server.core.spec import ExperimentSpec
 from worker.engine.results import EpochReport, FitResult
+from worker.exceptions import DataNotFoundError
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,8 @@ class SpecTrainer:
         spec = job.spec
         data = self.data.get(spec, self.data_dir, self.download)
         pretrained = confine(self.data_dir, spec.model.pretrained, "model.pretrained") if spec.model.pretrained else None
+        if pretrained is not None and not pretrained.is_file():
+            raise DataNotFoundError(f"model.pretrained: expected the weights file {pretrained}, which does not exist")
         torch.manual_seed(spec.train.seed)
         model = vitmodels.create_model(
             spec.model.name, num_classes=data.num_classes, img_size=spec.dataset.img_size,

@@ -13,6 +13,7 @@ import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,7 +31,7 @@ from server.core.tracking import run_name
 from worker import resume
 from worker.engine.results import EpochReport
 from worker.engine.summary import history_summary
-from worker.exceptions import TrialPruned, TrialStopped
+from worker.exceptions import DataNotFoundError, TrialPruned, TrialStopped
 from worker.lease import LeaseKeeper
 from worker.retry import Outcome, RetryPolicy, describe
 from worker.training import SpecTrainer, TrainFn, TrainingJob
@@ -307,7 +308,10 @@ class TrialRunner:
                                                epochs_done=ctx.epochs_done, reason=reason, count_attempt=True),
                          "releasing the trial")
                 return None
-            return self._finish(ctx, TrialState.failed, error=describe(exc))
+            state = self._finish(ctx, TrialState.failed, error=describe(exc))
+            if isinstance(exc, DataNotFoundError) and state is TrialState.failed:
+                self._fail_same_data(ctx, describe(exc))
+            return state
         # Each upload and the summary only while the trial is still ours: a worker stalled past its lease after its
         # last epoch, then continued, must not upload or log a second time what the trial's new owner did.
         tracker = self.backends.tracker
@@ -367,6 +371,33 @@ class TrialRunner:
             sweeps.close_sweep_run(self.backends, ctx.claim.sweep_id)
         return state
 
+    def _fail_same_data(self, ctx: TrialContext, error: str) -> None:
+        """This trial's data (dataset files or pretrained weights) is missing: fail the sweep's queued trials that
+        read the same files at once with that reason, instead of running each into the same error. Those are
+        all of them when the sweep varies neither its dataset nor its weights; otherwise a grid's trials whose
+        point names the same ones (a search's trials have no values before they start: they are left to run)."""
+        claim, sessions = ctx.claim, self.backends.sessions
+        base = ExperimentSpec.model_validate(claim.spec)
+        key = _data_key(ctx.spec)
+        varies = any(p in ("dataset", "dataset.name", "model", "model.pretrained") or p.startswith("dataset.options")
+                     for p in base.searched_paths())  # what changes the files a trial reads (not its img_size)
+        queued = self._db(lambda: sweeps.list_trials(sessions, claim.sweep_id, state=TrialState.queued),
+                          "listing the sweep's queued trials")
+        same = [t.id for t in queued
+                if not varies or (t.params is not None and _data_key(base.resolve(t.params)) == key)]
+        reason = f"not run: trial {claim.number} found its data missing ({error})"
+        started, sweep_state = self._db(lambda: queue.fail_queued(sessions, claim.sweep_id, same, reason),
+                                        "failing the trials of the missing data")
+        if same:
+            log.warning("sweep %s: %d queued trial(s) failed with trial %s: its data is missing", claim.sweep_id,
+                        len(same), claim.number)
+        for ended in started:  # handed back after they had started: their Optuna trial and MLflow run end too
+            self._db(partial(sweeps.close_trial, self.backends, optuna_trial_id=ended.optuna_trial_id,
+                             run_id=ended.mlflow_run_id, state=TrialState.failed, error=reason),
+                     "closing the trial in Optuna and MLflow")
+        if sweep_state is SweepState.completed:
+            sweeps.close_sweep_run(self.backends, claim.sweep_id)
+
     def _stopped(self, ctx: TrialContext, reason: StopReason | str) -> TrialState | None:
         if reason == StopReason.lease_lost:
             log.warning("trial %s: lease lost; leaving it to its new owner", ctx.claim.number)
@@ -409,3 +440,10 @@ class TrialRunner:
             log.warning("trial %s failed (%s) but could not be closed in Optuna or MLflow", claim.number, error,
                         exc_info=True)
         return TrialState.failed
+
+
+def _data_key(spec: ExperimentSpec) -> str:
+    """What a trial reads from the data directory: its dataset (name and options) and pretrained weights."""
+    import json
+
+    return json.dumps([spec.dataset.name, spec.dataset.options, spec.model.pretrained], sort_keys=True, default=str)

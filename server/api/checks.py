@@ -17,6 +17,7 @@ from server.core.config import Settings
 from server.core.exceptions import BusyError
 from server.core.spec import ExperimentSpec
 from server.core.spec.isolation import CheckBudget, PlanChecker
+from server.core.spec.plan import DataCheck
 
 # The worker's registries, imported once by the fork server too, so that each check's child has them.
 WORKER_PRELOAD = ("worker.catalog", "worker.data", "worker.augment")
@@ -28,7 +29,8 @@ def plan_checker(app: FastAPI) -> PlanChecker:
     if checker is None:
         settings: Settings = app.state.settings
         budget = CheckBudget(seconds=settings.spec_check_seconds, memory_bytes=settings.spec_check_memory_mb << 20)
-        checker = app.state.plan_checker = PlanChecker(app.state.catalog, budget, preload=WORKER_PRELOAD)
+        data = DataCheck(settings.datasets_dir, settings.download) if settings.check_data else None
+        checker = app.state.plan_checker = PlanChecker(app.state.catalog, budget, preload=WORKER_PRELOAD, data=data)
     return checker
 
 

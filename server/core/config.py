@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     mlflow_experiment: str = Field(default="vitsweep", min_length=1, max_length=200)
     data_dir: Path | None = Field(default=None, description="Where datasets are read from; home/data if unset.")
     download: bool = Field(default=False, description="Allow dataset downloads where a network exists.")
+    check_data: bool = Field(
+        default=True, description="Refuse at submission a sweep whose dataset files or model.pretrained weights are "
+        "absent from data_dir; turn off where the API runs on a machine that does not share the workers' data dir.")
 
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=1, le=65535)

@@ -8,6 +8,7 @@ back to the queue (or fails it once it has used up its attempts).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, cast
@@ -115,6 +116,26 @@ def expire_deadlines(sessions: sessionmaker[Session]) -> Deadlines:
     started = [Ended(r.id, r.optuna_trial_id, r.mlflow_run_id, TrialState.cancelled, error)
                for r in cancelled if r.optuna_trial_id is not None]
     return Deadlines(started, ended)
+
+
+def fail_queued(
+    sessions: sessionmaker[Session], sweep_id: int, row_ids: Sequence[int], error: str
+) -> tuple[list[Ended], SweepState | None]:
+    """Fail those of ``row_ids`` (trials of ``sweep_id``) still queued, with ``error``: they would fail the same
+    way (their data is missing). Returns the ones that had started once (their Optuna trial and MLflow run need
+    closing) and the sweep's new state if this ended it."""
+    if not row_ids:
+        return [], None
+    with write_session(sessions) as session:
+        failed = session.execute(
+            update(Trial)
+            .where(Trial.sweep_id == sweep_id, Trial.id.in_(list(row_ids)), Trial.state == TrialState.queued)
+            .values(state=TrialState.failed, finished_at=utcnow(), lease_expires_at=None, worker_id=None, error=error)
+            .returning(Trial.id, Trial.optuna_trial_id, Trial.mlflow_run_id)
+        ).all()
+        state = _maybe_finish_sweep(session, sweep_id)
+    return [Ended(r.id, r.optuna_trial_id, r.mlflow_run_id, TrialState.failed, error) for r in failed
+            if r.optuna_trial_id is not None], state
 
 
 def claim(sessions: sessionmaker[Session], worker_id: str, device: str, lease_seconds: float) -> Claim | None:

@@ -260,6 +260,36 @@ def test_checkpoints_reload_to_the_same_metrics(vit_run: VitRun, digits: Dataset
     assert all(torch.equal(v, saved["model"][k]) for k, v in result.model.state_dict().items())
 
 
+def test_svc_probe_every_n_epochs(small: DatasetSplits, tmp_path: Path) -> None:
+    """svc_probe: {every: 2}: svc_acc in epoch 2's and 4's metrics only (the probe is not in epoch_seconds), and
+    the end-of-trial figure is the last epoch's probe, not a second fit."""
+    spec = make_spec("cnn", epochs=4, batch_size=64, lr=3e-3, svc_probe={"every": 2, "samples": 64})
+    result, reports = run(spec, small, tmp_path)
+    probed = {r.epoch: r.metrics["svc_acc"] for r in reports if "svc_acc" in r.metrics}
+    assert sorted(probed) == [2, 4] and all(0.0 <= v <= 1.0 for v in probed.values()), probed
+    assert [h.get("svc_acc") for h in result.history] == [None, probed[2], None, probed[4]]
+    assert result.summary["svc_acc"] == probed[4]
+
+
+def test_svc_probe_sample_size(small: DatasetSplits) -> None:
+    """The SVC is fit on exactly ``samples`` training images (all 256 where it asks for more), scored on the
+    whole 128-image validation split."""
+    from worker.engine.loader import Preprocess, make_batches
+    from worker.engine.precision import resolve_precision
+    from worker.engine.probe import svc_probe
+
+    model = make_model(make_spec("cnn"))
+    train, val = (make_batches(s, batch_size=64, device=CPU) for s in (small.train, small.val))
+    prep, precision = Preprocess(small.mean, small.std), resolve_precision("fp32", CPU)
+    try:
+        scores = {n: svc_probe(model, train, val, prep, precision, seed=0, max_train=n) for n in (40, 100, 10_000)}
+    finally:
+        train.close()
+        val.close()
+    assert {n: (s.fitted, s.scored) for n, s in scores.items() if s is not None} == {
+        40: (40, 128), 100: (100, 128), 10_000: (256, 128)}
+
+
 def test_stn_plot(small: DatasetSplits, tmp_path: Path) -> None:
     spec = make_spec("vit_stn", max_inputs=64, plots=True)
     result, _ = run(spec, small, tmp_path)

@@ -181,9 +181,54 @@ def test_forward_flops_counts_what_training_runs(name: str, arch: dict[str, int]
 
 def test_no_mfu_without_a_known_gpu() -> None:
     assert stats.mfu(1e6, 1e3, CPU, "bf16") is None
-    assert stats.peak_memory_bytes(CPU) > 0
     names = [fragment for fragment, _ in stats.PEAK_FLOPS]
     assert names.index("H100 PCIe") < names.index("H100") and names.index("A10G") < names.index("A10")
+
+
+def test_cpu_peak_memory_is_the_trials_own() -> None:
+    """Each PeakMemory starts from what the process holds now: a second measure after a first that allocated
+    400 MB (freed since) is not the first's high-water mark."""
+    first = stats.PeakMemory(CPU)
+    big = torch.ones(100 * 2**20)  # 400 MB, touched
+    del big
+    first_peak = first.figures()["peak_memory_bytes"]
+    first.close()
+    second = stats.PeakMemory(CPU)
+    small = torch.ones(2**20)  # 4 MB
+    del small
+    second_peak = second.figures()["peak_memory_bytes"]
+    second.close()
+    assert first_peak > second_peak + 300 * 2**20, (first_peak, second_peak)
+    assert second_peak > 0 and "peak_memory_reserved_bytes" not in second.figures()  # GPU only
+
+
+def test_sampled_peak_memory_where_the_kernel_cannot_reset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Off Linux the resident set is sampled from a thread: it sees a 200 MB tensor held for a while."""
+    import time
+
+    monkeypatch.setattr(stats, "_reset_kernel_peak", lambda: False)  # the platform's answer, not torch's
+    peak = stats.PeakMemory(CPU)
+    start = peak.figures()["peak_memory_bytes"]
+    held = torch.ones(50 * 2**20)
+    time.sleep(10 * stats.PeakMemory.SAMPLE_SECONDS)
+    del held
+    during = peak.figures()["peak_memory_bytes"]
+    peak.close()
+    assert during > start + 150 * 2**20, (start, during)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_peak_memory_allocated_and_reserved() -> None:
+    device = torch.device("cuda")
+    held = torch.ones(64 * 2**20, device=device)  # 256 MB of an earlier trial, freed before this one starts
+    del held
+    peak = stats.PeakMemory(device)
+    x = torch.ones(16 * 2**20, device=device)  # 64 MB
+    figures = peak.figures()
+    del x
+    assert 64 * 2**20 <= figures["peak_memory_bytes"] < 128 * 2**20, figures
+    assert figures["peak_memory_reserved_bytes"] >= figures["peak_memory_bytes"], figures
 
 
 # -- figures ------------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 
 from server.core import queue
 from server.core.models import TrialState
-from tests.helpers import quick_spec, train_with_hook
+from tests.helpers import blind_client, quick_spec, train_with_hook
 from worker.worker import Worker, WorkerOptions
 
 OPTUNA_STATE = {
@@ -119,8 +119,13 @@ def test_matrix_points_and_a_single_run_train_as_written(client, settings, backe
     assert "plots/stn.png" in plots, plots
 
 
-def test_invalid_data_fails_trial_without_retry(client, settings, backends) -> None:  # type: ignore[no-untyped-def]
+def test_invalid_data_fails_trial_without_retry(settings, backends) -> None:  # type: ignore[no-untyped-def]
     spec = quick_spec(dataset={"name": "cifar10", "img_size": 8, "options": {}}, search={**quick_spec()["search"], "n_trials": 1})
+    with blind_client(settings, backends) as client:  # an API that cannot see the data queues it; the worker finds out
+        _invalid_data_fails_trial_without_retry(client, settings, backends, spec)
+
+
+def _invalid_data_fails_trial_without_retry(client, settings, backends, spec) -> None:  # type: ignore[no-untyped-def]
     sweep = client.post("/api/v1/sweeps", json=spec).json()
     _run_worker(settings, backends)
     (trial,) = client.get(f"/api/v1/sweeps/{sweep['id']}/trials").json()
@@ -240,6 +245,43 @@ def test_lease_outlives_slow_phases_outside_epochs(client, settings, backends) -
     assert stolen == [None, None] and reaped == []
     (trial,) = client.get(f"/api/v1/sweeps/{sweep['id']}/trials").json()
     assert trial["state"] == "completed" and trial["attempts"] == 1, trial
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_svc_probe_every_epoch_is_an_mlflow_metric(client, settings, backends) -> None:  # type: ignore[no-untyped-def]
+    """svc_probe: {every: 1}: the real worker logs svc_acc at every epoch's step; the summary's is the last one's."""
+    spec = quick_spec(train={"epochs": 3, "svc_probe": {"every": 1, "samples": 32}}, search=None,
+                      matrix={"train.seed": [0]})
+    sweep = client.post("/api/v1/sweeps", json=spec).json()
+    _run_worker(settings, backends)
+    (trial,) = client.get(f"/api/v1/sweeps/{sweep['id']}/trials").json()
+    assert trial["state"] == "completed", trial["error"]
+    mlflow = backends.tracker.client
+    history = mlflow.get_metric_history(trial["mlflow_run_id"], "svc_acc")
+    assert [m.step for m in history] == [1, 2, 3] and all(0.0 <= m.value <= 1.0 for m in history)
+    run = mlflow.get_run(trial["mlflow_run_id"])
+    assert run.data.metrics["summary/svc_acc"] == history[-1].value == trial["metrics"]["svc_acc"]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_cpu_peak_memory_is_each_trials_own(client, settings, backends) -> None:  # type: ignore[no-untyped-def]
+    """Two trials in one slot process, the first with ~70x the activations of the second: the second's peak is
+    its own, not the first's high-water mark (which the process's ru_maxrss would still report)."""
+    spec = quick_spec(
+        dataset={"options": {"num_samples": 640, "num_classes": 4}}, search=None,
+        matrix={"include": [{"dataset.img_size": 64, "train.batch_size": 512},
+                            {"dataset.img_size": 8, "train.batch_size": 32}]},
+    )
+    sweep = client.post("/api/v1/sweeps", json=spec)
+    assert sweep.status_code == 201, sweep.text
+    _run_worker(settings, backends, max_trials=1)  # the big one first, then the small one in the same process
+    _run_worker(settings, backends)
+    big, small = client.get(f"/api/v1/sweeps/{sweep.json()['id']}/trials").json()
+    assert (big["state"], small["state"]) == ("completed", "completed"), (big["error"], small["error"])
+    assert big["params"]["dataset.img_size"] == 64
+    first, second = big["metrics"]["peak_memory_bytes"], small["metrics"]["peak_memory_bytes"]
+    assert first > second + 200 * 2**20, (first / 2**20, second / 2**20)
+    assert second > 50 * 2**20  # the process's resident set, interpreter and libraries included
 
 
 def test_compile_cache_is_shared_under_home(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
+
+from server.core.spec.sections import SVC_SAMPLES
 
 from .evaluation import embed
 from .loader import BatchSource, Preprocess
 from .precision import Precision
 
-MAX_TRAIN_SAMPLES = 5000
 MAX_VAL_SAMPLES = 10000
 
 
-def svc_accuracy(
+@dataclass(frozen=True)
+class ProbeScore:
+    """One probe: the SVC's validation accuracy, and how many images it was fit on and scored on."""
+
+    accuracy: float
+    fitted: int
+    scored: int
+
+
+def svc_probe(
     model: nn.Module,
     train: BatchSource,
     val: BatchSource,
@@ -21,10 +33,11 @@ def svc_accuracy(
     precision: Precision,
     *,
     seed: int,
-    max_train: int = MAX_TRAIN_SAMPLES,
+    max_train: int = SVC_SAMPLES,
     max_val: int = MAX_VAL_SAMPLES,
-) -> float | None:
-    """Validation accuracy of ``sklearn.svm.SVC()`` (default parameters) on embeddings of a training sample.
+) -> ProbeScore | None:
+    """``sklearn.svm.SVC()`` (default parameters) fit on embeddings of ``max_train`` training images (a sample
+    seeded by ``seed``; all of them where there are fewer) and scored on up to ``max_val`` validation images.
 
     Returns ``None`` where the probe cannot be fitted: no ``forward_features``, fewer than two classes in the
     sample, or non-finite embeddings.
@@ -41,4 +54,13 @@ def svc_accuracy(
     if y_train.unique().numel() < 2 or not (x_train.isfinite().all() and x_val.isfinite().all()):
         return None
     svc = SVC().fit(x_train.numpy(), y_train.numpy())
-    return float(svc.score(x_val.numpy(), y_val.numpy()))
+    return ProbeScore(float(svc.score(x_val.numpy(), y_val.numpy())), len(y_train), len(y_val))
+
+
+def svc_accuracy(
+    model: nn.Module, train: BatchSource, val: BatchSource, prep: Preprocess, precision: Precision, *, seed: int,
+    max_train: int = SVC_SAMPLES, max_val: int = MAX_VAL_SAMPLES,
+) -> float | None:
+    """:func:`svc_probe`'s accuracy alone."""
+    score = svc_probe(model, train, val, prep, precision, seed=seed, max_train=max_train, max_val=max_val)
+    return None if score is None else score.accuracy

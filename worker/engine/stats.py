@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import resource
+import ctypes
+import gc
 import sys
+import threading
 
 import torch
 from torch import nn
@@ -55,20 +57,88 @@ def forward_flops(model: nn.Module, input_shape: tuple[int, ...], device: torch.
         model.train(was_training)
 
 
-def reset_peak_memory(device: torch.device) -> None:
-    """Start the peak-memory figure afresh, so that each trial of a slot process reports its own (CUDA only: a
-    process's peak resident set cannot be reset)."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+class PeakMemory:
+    """The peak memory of one trial of a slot process, which runs many: each trial's figure is its own.
+
+    On a GPU: the peak memory allocated by tensors and the peak reserved by PyTorch's caching allocator on the
+    trial's device, from :func:`torch.cuda.reset_peak_memory_stats` at the start of the trial. On the CPU: the
+    process's peak resident set while the trial ran. It starts from the resident set at the trial's start (the
+    interpreter, libraries and the loaded dataset, once the allocator has handed back what earlier trials freed),
+    not from the process's lifetime high-water mark (``ru_maxrss``), which only ever grows. Linux resets the
+    kernel's own high-water mark (``/proc/self/clear_refs``, read back as ``VmHWM``); elsewhere the resident set
+    is sampled every ``SAMPLE_SECONDS`` from a background thread (a shorter spike can be missed).
+    """
+
+    SAMPLE_SECONDS = 0.02
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._stop = threading.Event()
+        self._sampled = 0
+        self._sampler: threading.Thread | None = None
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            return
+        gc.collect()
+        _malloc_trim()  # give back the heap earlier trials freed, so the start is what the process holds now
+        if not _reset_kernel_peak():
+            self._sampled = _rss()
+            self._sampler = threading.Thread(target=self._sample, name="peak-memory", daemon=True)
+            self._sampler.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.SAMPLE_SECONDS):
+            self._sampled = max(self._sampled, _rss())
+
+    def figures(self) -> dict[str, float]:
+        """``peak_memory_bytes`` (GPU: allocated; CPU: resident) and, on a GPU, ``peak_memory_reserved_bytes``."""
+        if self.device.type == "cuda":
+            return {"peak_memory_bytes": float(torch.cuda.max_memory_allocated(self.device)),
+                    "peak_memory_reserved_bytes": float(torch.cuda.max_memory_reserved(self.device))}
+        if self._sampler is None:
+            return {"peak_memory_bytes": float(_kernel_peak())}
+        self._sampled = max(self._sampled, _rss())
+        return {"peak_memory_bytes": float(self._sampled)}
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._sampler is not None:
+            self._sampler.join(timeout=1.0)
 
 
-def peak_memory_bytes(device: torch.device) -> int:
-    """CUDA: peak memory allocated on ``device`` since :func:`reset_peak_memory` (the trial's own, not the GPU's);
-    CPU: the process's peak resident set."""
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)  # bytes on macOS, KiB on Linux
+def _rss() -> int:
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+def _reset_kernel_peak() -> bool:
+    """Reset this process's resident-set high-water mark (Linux 4.0+); False where the kernel does not allow it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _kernel_peak() > 0
+    except OSError:
+        return False
+
+
+def _kernel_peak() -> int:
+    """``VmHWM`` of ``/proc/self/status`` in bytes: the peak resident set since the last reset."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _malloc_trim() -> None:
+    """glibc keeps freed heap memory mapped for reuse; ``malloc_trim(0)`` returns it to the system."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (musl): nothing to trim
+        pass
 
 
 def peak_flops(device: torch.device, precision: str) -> float | None:

@@ -62,7 +62,7 @@ class _Run:
         t = spec.train
         self.spec, self.device, self.model = spec, device, model
         torch.manual_seed(t.seed)  # dropout, stochastic depth and other draws from the global generator
-        stats.reset_peak_memory(device)  # a slot runs many trials: the peak reported is this one's
+        self.memory = stats.PeakMemory(device)  # a slot runs many trials: the peak reported is this one's
         model.to(device)
         self.runner: Callable[[Tensor], Tensor] = torch.compile(model, mode=t.compile_mode) if t.compile else model
         self.precision = resolve_precision(t.precision, device)
@@ -205,7 +205,7 @@ class _Run:
         out: dict[str, float] = {
             "param_count": float(stats.count_params(self.model)),
             "flops_per_image": float(flops),
-            "peak_memory_bytes": float(stats.peak_memory_bytes(self.device)),
+            **self.memory.figures(),
             "best_val_acc": nan, "best_epoch": 0.0, "final_train_acc": nan, "final_val_acc": nan,
             "final_val_loss": nan, "seconds_per_epoch": nan, "median_images_per_second": nan,
             **history_summary(p.history),
@@ -214,13 +214,30 @@ class _Run:
         mfu = stats.mfu(flops, out["median_images_per_second"], self.device, self.precision.name)
         if mfu is not None:
             out["mfu"] = mfu
-        if t.svc_probe:
-            svc = svc_accuracy(self.model, self.train_src, self.val_src, self.prep, self.precision, seed=t.seed)
+        probe = t.probe()
+        if probe is not None:
+            last = p.history[-1] if p.history else {}
+            # The last epoch probed already: the same weights, sample and seed, so the same SVC; not fitted twice.
+            svc = last["svc_acc"] if "svc_acc" in last else self.svc_acc(probe.samples)
             if svc is not None:
                 out["svc_acc"] = svc
         return out
 
+    def svc_acc(self, samples: int) -> float | None:
+        """The SVC probe on the model as it stands, fit on ``samples`` training images (seeded by the trial)."""
+        return svc_accuracy(self.model, self.train_src, self.val_src, self.prep, self.precision,
+                            seed=self.spec.train.seed, max_train=samples)
+
+    def probe_epoch(self, epoch: int) -> dict[str, float]:
+        """``svc_acc`` of an epoch the spec probes at (``svc_probe: {every: N}``); nothing at the others."""
+        probe = self.spec.train.probe()
+        if probe is None or not probe.every or epoch % probe.every:
+            return {}
+        svc = self.svc_acc(probe.samples)
+        return {} if svc is None else {"svc_acc": svc}
+
     def close(self) -> None:
+        self.memory.close()
         self.train_src.close()
         self.val_src.close()
 
@@ -288,6 +305,7 @@ def _train(
         metrics.update(run.validate())
         run.scheduler.after_epoch(metrics)
         metrics["epoch_seconds"] = time.perf_counter() - start
+        metrics.update(run.probe_epoch(epoch))  # after the clock: epoch_seconds stays training and validation
         p.epoch = epoch
         p.history.append({"epoch": float(epoch), **metrics})
         if metrics.get("val_acc", float("-inf")) > p.best_val_acc:

@@ -7,6 +7,7 @@ passes the worker's catalog (``worker.catalog.WORKER_CATALOG``) to :func:`server
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 
@@ -21,3 +22,7 @@ class Catalog(Protocol):
 
     def augments(self) -> Sequence[str]:
         """Registered augmentation preset names, sorted."""
+
+    def missing_data(self, name: str, root: Path, options: Mapping[str, Any], *, download: bool) -> str | None:
+        """What of dataset ``name`` (with ``options``) is absent under the data directory ``root``, naming the
+        file or folder and how to get it; None when its files are there (or ``download`` will fetch them)."""

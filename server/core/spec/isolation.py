@@ -22,7 +22,7 @@ from typing import Any
 from server.core.exceptions import BusyError, SpecError
 from server.core.spec.catalog import Catalog
 from server.core.spec.experiment import ExperimentSpec
-from server.core.spec.plan import validate_plan
+from server.core.spec.plan import DataCheck, validate_plan
 
 # What the fork server imports once, so that a check's child has them already: torch, the model registry, the
 # upstream model code the registry imports only when a model is built, and Optuna (samplers' options are checked).
@@ -48,9 +48,12 @@ class PlanChecker:
     """Runs plan checks in child processes forked from one fork server; :meth:`check` blocks (call it from a
     worker thread in async code)."""
 
-    def __init__(self, catalog: Catalog, budget: CheckBudget, preload: Sequence[str] = ()) -> None:
+    def __init__(
+        self, catalog: Catalog, budget: CheckBudget, preload: Sequence[str] = (), data: DataCheck | None = None
+    ) -> None:
         self.catalog = catalog
         self.budget = budget
+        self.data = data  # where to check the plan's files, or None: the server does not see the data
         self._ctx = mp.get_context("forkserver")
         # The fork server is one per process; the first user's preload list is the one it starts with.
         self._ctx.set_forkserver_preload([*PRELOAD, *preload])
@@ -75,7 +78,7 @@ class PlanChecker:
         budget = self.budget
         receiver, sender = self._ctx.Pipe(duplex=False)
         proc = self._ctx.Process(
-            target=_child, args=(sender, spec, self.catalog, budget.memory_bytes), daemon=True,
+            target=_child, args=(sender, spec, self.catalog, budget.memory_bytes, self.data), daemon=True,
             name="vitsweep-plan-check",
         )
         building: tuple[tuple[str | int, ...], str] | None = None
@@ -141,13 +144,15 @@ def _noop() -> None:
     """A child that only proves the fork server is up."""
 
 
-def _child(conn: Connection, spec: ExperimentSpec, catalog: Catalog, memory_bytes: int) -> None:
+def _child(
+    conn: Connection, spec: ExperimentSpec, catalog: Catalog, memory_bytes: int, data: DataCheck | None
+) -> None:
     """A check's process: limit the address space, run the check, report each model before building it."""
     outcome: tuple[Any, ...] = ("ok",)
     try:
         _limit_memory(memory_bytes)
         conn.send(("ready",))
-        validate_plan(spec, catalog, on_build=lambda loc, what: conn.send(("building", loc, what)))
+        validate_plan(spec, catalog, on_build=lambda loc, what: conn.send(("building", loc, what)), data=data)
     except SpecError as exc:
         outcome = ("refused", exc.loc, exc.msg)
     except MemoryError:

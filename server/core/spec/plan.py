@@ -10,11 +10,14 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from server.core.exceptions import SpecError
+from server.core.datapaths import confine
+from server.core.exceptions import PathEscapeError, SpecError
 from server.core.samplers import make_pruner, make_sampler
 from server.core.spec.catalog import Catalog
 from server.core.spec.experiment import ExperimentSpec
@@ -79,13 +82,24 @@ def model_choices(spec: ExperimentSpec) -> list[Any]:
 BuildHook = Callable[[tuple[str | int, ...], str], None]
 
 
+@dataclass(frozen=True)
+class DataCheck:
+    """Where the data directory is, as the server sees it (the embedded default shares the workers'), so that
+    a sweep whose dataset files or pretrained weights are absent is refused before anything is queued."""
+
+    root: Path
+    download: bool = False
+
+
 def validate_plan(
-    spec: ExperimentSpec, catalog: Catalog, *, build_model: bool = True, on_build: BuildHook | None = None
+    spec: ExperimentSpec, catalog: Catalog, *, build_model: bool = True, on_build: BuildHook | None = None,
+    data: DataCheck | None = None,
 ) -> None:
     """Check every path, every grid point and every bound of the space resolves to a runnable spec.
 
     ``on_build(loc, what)`` is called before each model is built with where to blame it and what it is, so a
-    caller that stops a slow check (``server.core.spec.isolation``) can say which model it stopped.
+    caller that stops a slow check (``server.core.spec.isolation``) can say which model it stopped. With
+    ``data``, every dataset and ``model.pretrained`` file the plan names must be there.
 
     Raises:
         SpecError: naming the matrix or search entry at fault (or the base spec's field).
@@ -100,6 +114,7 @@ def validate_plan(
             raise SpecError(spec.plan_loc(path, _origin_of(spec, path)), str(exc)) from None
     _check_arch_blocks(spec, paths)
     seen: set[str] = set()
+    checked: list[tuple[ExperimentSpec, dict[str, Any], int | None]] = []
     for point, varied, origin in itertools.islice(_corners(spec), MAX_CHECKED_POINTS):
         try:
             resolved = spec.resolve(point)
@@ -112,6 +127,7 @@ def validate_plan(
             culprit = varied if varied in matches else next(iter(matches), path)
             raise SpecError(spec.plan_loc(culprit, origin), f"{culprit} = {point.get(culprit)!r}: {err['msg']}") from None
         _check_names(spec, resolved, point, catalog, origin)
+        checked.append((resolved, point, origin))
         if not build_model:
             continue
         key = json.dumps([resolved.model.model_dump(mode="json"), resolved.dataset.img_size, resolved.dataset.in_chans])
@@ -122,6 +138,10 @@ def validate_plan(
         if on_build is not None:
             on_build(loc, what)
         _check_model(resolved, loc, what)
+    if data is not None:  # once every point is known to be valid: what is missing is then the only fault
+        files_seen: set[str] = set()
+        for resolved, point, origin in checked:
+            _check_files(spec, resolved, point, catalog, data, origin, files_seen)
 
 
 def _build_blame(
@@ -173,6 +193,32 @@ def _check_names(
     if ds.augment not in augments:
         raise SpecError(_blame(spec, point, "dataset.augment", ("dataset", "augment"), origin),
                         f"unknown augment preset {ds.augment!r}; valid: {', '.join(augments)}")
+
+
+def _check_files(
+    spec: ExperimentSpec, resolved: ExperimentSpec, point: dict[str, Any], catalog: Catalog, data: DataCheck,
+    origin: int | None, seen: set[str],
+) -> None:
+    """The point's dataset files and pretrained weights exist under the data directory (each asked once)."""
+    ds, pretrained = resolved.dataset, resolved.model.pretrained
+    key = json.dumps([ds.name, ds.options], sort_keys=True, default=str)
+    if key not in seen:
+        seen.add(key)
+        missing = catalog.missing_data(ds.name, data.root, ds.options, download=data.download)
+        if missing is not None:
+            raise SpecError(_blame(spec, point, "dataset", ("dataset", "name"), origin), missing)
+    if pretrained is not None and "pretrained:" + pretrained not in seen:
+        seen.add("pretrained:" + pretrained)
+        try:
+            path = confine(data.root, pretrained, "model.pretrained")
+        except PathEscapeError as exc:
+            raise SpecError(_blame(spec, point, "model.pretrained", ("model", "pretrained"), origin), str(exc)) from None
+        if not path.is_file():
+            raise SpecError(
+                _blame(spec, point, "model.pretrained", ("model", "pretrained"), origin),
+                f"model.pretrained: expected the weights file {path}, which does not exist. Put the state dict "
+                "(a torch.save'd .pt or .pth) there, relative to the data directory (VITSWEEP_DATA_DIR).",
+            )
 
 
 def _check_arch_blocks(spec: ExperimentSpec, paths: list[str]) -> None:

@@ -214,6 +214,19 @@ class ModelSpec(Strict):
         return value
 
 
+SVC_SAMPLES = 5000  # training images the probe's SVC is fit on unless the spec says otherwise
+
+
+class SvcProbe(Strict):
+    """``train.svc_probe`` as a block: how often the SVC probe runs and on how many training images it is fit."""
+
+    every: int = Field(0, ge=0, le=MAX_EPOCHS, description="Also probe every N epochs (logged as svc_acc at that "
+                       "step); 0: only at the end of the trial.")
+    samples: int = Field(SVC_SAMPLES, ge=2, le=100_000, description="Training images the SVC is fit on (a seeded "
+                         "sample; all of them where the split is smaller). It is scored on up to 10,000 validation "
+                         "images either way.")
+
+
 class TorchBlock(BaseModel):
     """``{name: <torch class>, <its keywords>}``: the class is whitelisted and every keyword checked against its
     real signature (keywords vitsweep fills are refused, naming where they come from)."""
@@ -330,9 +343,26 @@ class TrainSpec(Strict):
         "auto", description="In-memory datasets live on the training device and are augmented there; false "
         "feeds them through a DataLoader with num_workers processes instead. auto: on the device.")
     num_workers: int = Field(2, ge=0, le=64, description="DataLoader workers when data is not device-resident.")
-    svc_probe: bool = Field(True, description="Fit an SVC on embeddings at the end of the trial.")
+    svc_probe: bool | SvcProbe = Field(
+        True, description="Fit an SVC on embeddings at the end of the trial: true, false, or {every: N, samples: M} "
+        "(also every N epochs; fit on M training images, default 5000).")
     plots: bool = Field(True, description="Draw curves, confusion matrix and misclassified images at the end.")
     checkpoint_every: int = Field(1, ge=1, le=MAX_EPOCHS, description="Save a resumable checkpoint every N epochs.")
+
+    @field_validator("svc_probe", mode="wrap")
+    @classmethod
+    def _svc_probe(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        if isinstance(value, dict):
+            return revalidate(SvcProbe, value)
+        if isinstance(value, (bool, SvcProbe)):
+            return value
+        raise error_at((), f"svc_probe must be true, false or {{every: N, samples: M}}; got {short_repr(value)}", value)
+
+    def probe(self) -> SvcProbe | None:
+        """The SVC probe's settings, or None when it is off (``svc_probe: false``)."""
+        if isinstance(self.svc_probe, SvcProbe):
+            return self.svc_probe
+        return SvcProbe() if self.svc_probe else None
 
     @field_validator("optimizer", mode="wrap")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,6 +26,9 @@ class TinyCatalog:
 
     def augments(self) -> Sequence[str]:
         return ["none"]
+
+    def missing_data(self, name: str, root: Path, options: Mapping[str, Any], *, download: bool) -> str | None:
+        return None
 
 
 def spec(**changes: Any) -> ExperimentSpec:
