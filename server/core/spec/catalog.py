@@ -21,3 +21,6 @@ class Catalog(Protocol):
 
     def augments(self) -> Sequence[str]:
         """Registered augmentation preset names, sorted."""
+
+    def augment_recipes(self, img_size: int) -> Mapping[str, Mapping[str, Any]]:
+        """Every preset's contents at ``img_size``: ``{ops: [{KorniaClass: {keywords}}, ...], random_apply, ...}``."""
