@@ -22,8 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/baseline, run as a script from the root
 
-from bench.baseline import BASELINES  # noqa: E402
-from worker.augment import Pipeline, build_augment, list_augments, preset_recipe  # noqa: E402
+from bench.baseline import BASELINES
+from worker.augment import Pipeline, build_augment, list_augments, preset_recipe
 
 
 def images_per_second(fn: Callable[[torch.Tensor, torch.Generator], torch.Tensor], images: torch.Tensor,

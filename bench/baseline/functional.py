@@ -8,7 +8,8 @@ device, so results depend only on the generator's state. Operations take and ret
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
