@@ -164,6 +164,10 @@ class CompareRow(BaseModel):
 class CatalogPublic(BaseModel):
     datasets: list[str] = Field(description="Dataset names a spec can give as dataset.name.")
     augments: list[str] = Field(description="Augmentation presets a spec can give as dataset.augment.")
+    augment_presets: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Each preset's kornia ops at 32 px: {ops: [{KorniaClass: {...}}], ...}.")
+    augment_ops: list[str] = Field(
+        default_factory=list, description="kornia.augmentation classes a dataset.augment pipeline can name.")
 
 
 class ModelInfo(BaseModel):

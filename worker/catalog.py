@@ -46,5 +46,10 @@ class WorkerCatalog:
             return None
         return loader.missing_message(missing[0])
 
+    def augment_recipes(self, img_size: int) -> Mapping[str, Mapping[str, Any]]:
+        from worker.augment import list_augments, preset_recipe
+
+        return {name: preset_recipe(name, img_size=img_size) for name in list_augments()}
+
 
 WORKER_CATALOG = WorkerCatalog()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -41,5 +41,21 @@ def datasets() -> None:
     """Dataset names and augmentation presets."""
     catalog = ApiClient(settings()).get("/api/v1/datasets")
     console.print("datasets: " + ", ".join(catalog["datasets"]))
-    console.print("augment presets: " + ", ".join(catalog["augments"]))
+    presets = catalog.get("augment_presets") or {name: {} for name in catalog["augments"]}
+    table = Table("preset", "kornia ops (at 32 px)", title="augment presets")
+    for name, recipe in presets.items():
+        ops = "\n".join(_op_text(op) for op in recipe.get("ops", [])) or "-"
+        if recipe.get("random_apply") is not None:
+            per = "image" if recipe.get("per_sample") else "batch"
+            ops += f"\nrandom_apply: {recipe['random_apply']} (per {per})"
+        table.add_row(name, ops)
+    console.print(table)
+    if catalog.get("augment_ops"):
+        console.print("pipeline ops (kornia.augmentation): " + ", ".join(catalog["augment_ops"]))
     console.print("Datasets are read from the server's data directory (VITSWEEP_DATA_DIR).")
+
+
+def _op_text(op: dict[str, Any]) -> str:
+    """``{RandomCrop: {size: [32, 32], padding: 4}}`` as ``RandomCrop(size=[32, 32], padding=4)``."""
+    ((name, keywords),) = op.items()
+    return f"{name}(" + ", ".join(f"{k}={v}" for k, v in (keywords or {}).items()) + ")"

@@ -48,3 +48,11 @@ def test_gpu_sweep_runs_tiny_on_cpu(tmp_path: Path) -> None:
     assert a["trials"] == b["trials"] == 2
     assert a["train_images"] == b["train_images"] == 2 * 200  # the same data and epochs on both sides
     assert a["images_per_s"] > 0 and b["images_per_s"] > 0
+
+
+def test_augment_bench_prints_every_preset_side_by_side() -> None:
+    out = _run("bench/augment.py", "--batch", "16", "--repeats", "1", timeout=120)
+    assert "hand-written img/s" in out and "kornia / hand" in out, out
+    for name in ("standard (kornia)", "standard", "cutout", "colorjitter_flip", "randomresizedcrop", "trivialaugment",
+                 "perceiver"):
+        assert any(line.startswith(name + " ") for line in out.splitlines()), (name, out)

@@ -193,6 +193,10 @@ def test_catalog(client) -> None:  # type: ignore[no-untyped-def]
     assert {"vit", "cnn", "resnet18"} <= names
     cat = client.get("/api/v1/datasets").json()
     assert "digits" in cat["datasets"] and "standard" in cat["augments"]
+    assert set(cat["augment_presets"]) == set(cat["augments"])
+    assert cat["augment_presets"]["cutout"]["ops"][-1] == {
+        "RandomErasing": {"scale": [0.25, 0.25], "ratio": [1.0, 1.0], "value": 0.0, "p": 1.0}}
+    assert {"RandomCrop", "RandomMixUpV2", "RandomCutMixV2", "TrivialAugment", "RandAugment"} <= set(cat["augment_ops"])
 
 
 def test_list_gives_each_sweep_as_get_does(client, settings, backends) -> None:  # type: ignore[no-untyped-def]

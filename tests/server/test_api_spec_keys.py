@@ -54,6 +54,41 @@ def test_the_issue_keys_as_a_user_writes_them(client: Any) -> None:
     assert r.json()["metric"] == "train_acc"  # no validation split: the grid's objective is a training metric
 
 
+ISSUE_AUGMENT = """
+name: issue-augment
+dataset:
+  name: synthetic
+  img_size: 32
+  options: {num_samples: 64, num_classes: 4}
+  augment:
+    ops:
+      - RandomCrop: {size: [32, 32], padding: 4}
+      - RandomHorizontalFlip: {}
+      - RandomErasing: {scale: [0.25, 0.25], p: 0.5}
+    random_apply: [1, 4]
+model: {name: cnn}
+train: {epochs: 1, batch_size: 32}
+matrix:
+  dataset.augment:
+    - standard
+    - [{TrivialAugment: {}}, {RandomMixUpV2: {}}]
+"""
+
+
+@SQLITE_ONLY
+def test_the_issue_augment_pipeline_as_a_user_writes_it(client: Any) -> None:
+    """The issue's pipeline, and a matrix over a preset and a list of ops (with MixUp), are accepted as written."""
+    r = client.post("/api/v1/sweeps", content=ISSUE_AUGMENT.replace("matrix:", "search_off:").split("search_off:")[0]
+                    + "matrix: {train.lr: [0.001]}\n", headers=YAML)
+    assert r.status_code == 201, r.text
+    augment = r.json()["spec"]["dataset"]["augment"]
+    assert augment["ops"][0] == {"RandomCrop": {"size": [32, 32], "padding": 4}} and augment["random_apply"] == [1, 4]
+    r = client.post("/api/v1/sweeps", content=ISSUE_AUGMENT, headers=YAML)
+    assert r.status_code == 201, r.text
+    trials = client.get(f"/api/v1/sweeps/{r.json()['id']}/trials").json()
+    assert len(trials["items"] if isinstance(trials, dict) else trials) == 2
+
+
 ACCEPTED = [
     {"train": {"optimizer": {"name": "SGD", "momentum": 0.9, "nesterov": True}}},
     {"train": {"optimizer": {"name": "Adam"}, "decay_norm_and_bias": True}},
@@ -132,6 +167,31 @@ BAD = [
     ({"dataset": {"normalize": {"mean": [0.5], "std": [0.0]}}}, ["dataset", "normalize"], ["std must be positive"]),
     ({"dataset": {"normalize": {"mean": [0.5]}}}, ["dataset", "normalize", "std"], ["required"]),
     ({"dataset": {"val_fraction": 0}}, ["search", "metric"], ["val_acc", "train_acc or train_loss"]),
+    # dataset.augment: kornia names, keywords and values, each at the path the user wrote
+    ({"dataset": {"augment": "standrd"}}, ["dataset", "augment"], ["unknown augment preset", "standard, trivialaugment"]),
+    ({"dataset": {"augment": 5}}, ["dataset", "augment"], ["preset name", "{ClassName: {keywords}}"]),
+    ({"dataset": {"augment": {"ops": [{"RandomCropp": {"size": [8, 8]}}]}}}, ["dataset", "augment", "ops", 0, "RandomCropp"],
+     ["not a kornia augmentation", "RandomCrop", "RandomErasing", "TrivialAugment"]),
+    ({"dataset": {"augment": {"ops": [{"RandomHorizontalFlip": {}}, {"RandomCrop": {"size": [8, 8], "paddin": 4}}]}}},
+     ["dataset", "augment", "ops", 1, "RandomCrop", "paddin"], ["no keyword 'paddin'", "padding", "padding_mode"]),
+    ({"dataset": {"augment": [{"RandomErasing": {"scale": [0.5, 0.1]}}]}}, ["dataset", "augment", 0, "RandomErasing", "scale"],
+     ["RandomErasing refuses", "scale"]),
+    ({"dataset": {"augment": [{"RandomRotation": {}}]}}, ["dataset", "augment", 0, "RandomRotation", "degrees"],
+     ["needs 'degrees'"]),
+    ({"dataset": {"augment": [{"RandomCrop": {"size": [4, 4]}}]}}, ["dataset", "augment", 0, "RandomCrop"],
+     ["dataset.img_size", "3x4x4"]),
+    ({"dataset": {"augment": [{"Normalize": {"mean": [0.5], "std": [0.5]}}]}}, ["dataset", "augment", 0, "Normalize"],
+     ["dataset.normalize"]),
+    ({"dataset": {"augment": [{"RandomHorizontalFlip": {"keepdim": True}}]}},
+     ["dataset", "augment", 0, "RandomHorizontalFlip", "keepdim"], ["set by the worker"]),
+    ({"dataset": {"augment": [{"RandomMixUpV2": {}}, {"RandomHorizontalFlip": {}}]}},
+     ["dataset", "augment", 1, "RandomHorizontalFlip"], ["after the image ops"]),
+    ({"dataset": {"augment": {"ops": [{"RandomHorizontalFlip": {}}], "random_apply": [2, 3]}}},
+     ["dataset", "augment", "random_apply"], ["0 <= lo <= hi"]),
+    ({"dataset": {"augment": {"ops": [{"RandomHorizontalFlip": {}}], "random_aply": 1}}},
+     ["dataset", "augment", "random_aply"], ["extra"]),
+    ({"dataset": {"augment": [{"RandomHorizontalFlip": {}, "RandomVerticalFlip": {}}]}}, ["dataset", "augment", 0],
+     ["one-key mapping"]),
     ({"dataset": {"val_fraction": 0}, "train": {"scheduler": {"name": "ReduceLROnPlateau"}},
       "search": {"sampler": "random", "n_trials": 2, "metric": "train_loss", "direction": "minimize", "space": LR_SPACE}},
      ["train", "scheduler", "monitor"], ["val_loss", "no validation split"]),

@@ -113,7 +113,12 @@ def test_catalog_and_db_commands(api: str, cli_env: dict[str, str]) -> None:
     runner = CliRunner()
     models = json.loads(runner.invoke(app, ["models", "--json", "--img-size", "32"]).output)
     assert {"vit", "cnn", "resnet18"} <= {m["name"] for m in models}
-    assert "digits" in runner.invoke(app, ["datasets"]).output
+    datasets = runner.invoke(app, ["datasets"], terminal_width=200).output
+    assert "digits" in datasets
+    # every preset with its kornia ops
+    for text in ("standard", "RandomCrop(size=[32, 32], padding=4, padding_mode=reflect)", "RandomHorizontalFlip()",
+                 "perceiver", "random_apply: [1, 4] (per image)", "TrivialAugment()", "RandomMixUpV2"):
+        assert text in datasets, datasets
     from alembic.script import ScriptDirectory
 
     import migrations

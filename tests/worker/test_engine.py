@@ -35,7 +35,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # -- helpers ------------------------------------------------------------------------------------------------
 
 
-def make_spec(model: str = "cnn", arch: dict[str, Any] | None = None, augment: str = "none", **train: Any) -> ExperimentSpec:
+def make_spec(model: str = "cnn", arch: dict[str, Any] | None = None, augment: Any = "none", **train: Any) -> ExperimentSpec:
     """A resolved single-trial spec on 16x16 gray digits; ``train`` overrides quick defaults."""
     train = {"epochs": 1, "batch_size": 64, "lr": 2e-3, "num_workers": 0, "svc_probe": False, "plots": False, **train}
     if arch is None:
@@ -403,6 +403,33 @@ def test_resume_continues_the_history(small: DatasetSplits, tmp_path: Path) -> N
     assert [r.epoch for r in resumed_reports] == [3]
     assert comparable(resumed.history) == comparable(whole.history)
     assert resumed.best_epoch == whole.best_epoch and resumed.best_val_acc == whole.best_val_acc
+
+
+KORNIA_PIPELINE = {"ops": [{"RandomCrop": {"size": [IMG_SIZE, IMG_SIZE], "padding": 2}},
+                           {"RandomAffine": {"degrees": 15.0, "p": 0.5}}, {"RandomErasing": {"p": 0.5}},
+                           {"RandomMixUpV2": {}}],
+                   "random_apply": [1, 2]}
+
+
+def test_a_kornia_pipeline_with_mixup_trains_and_resumes_identically(small: DatasetSplits, tmp_path: Path) -> None:
+    """A spec's own kornia pipeline (random_apply, then MixUp: soft targets) through the real fit: the same seed
+    gives the same run, and a run stopped after two epochs resumes to the same history."""
+    spec = make_spec("vit", arch={**TINY_VIT, "dropout": 0.1}, augment=KORNIA_PIPELINE, epochs=3, batch_size=32)
+    whole, _ = run(spec, small, tmp_path / "whole")
+    assert all(math.isfinite(h["train_loss"]) and 0 <= h["train_acc"] <= 1 for h in whole.history)
+    again, _ = run(spec, small, tmp_path / "again")
+    assert comparable(again.history) == comparable(whole.history)
+    plain, _ = run(make_spec("vit", arch={**TINY_VIT, "dropout": 0.1}, epochs=3, batch_size=32), small,
+                   tmp_path / "plain")
+    assert comparable(plain.history) != comparable(whole.history), "the pipeline changes the training inputs"
+
+    reports: list[EpochReport] = []
+    with pytest.raises(TrialStopped):
+        fit(make_model(spec), small, spec, device=CPU, on_epoch=reports.append, workdir=tmp_path / "cut",
+            stop=lambda: len(reports) == 2)
+    resumed = fit(make_model(spec, seed=99), small, spec, device=CPU, on_epoch=reports.append,
+                  workdir=tmp_path / "cut", resume=tmp_path / "cut" / "last.pt")
+    assert comparable(resumed.history) == comparable(whole.history)
 
 
 def test_stop_writes_a_checkpoint_even_between_due_epochs(small: DatasetSplits, tmp_path: Path) -> None:

@@ -1,22 +1,15 @@
-"""Augmentation presets: one per module, registered by name; :func:`build_augment` makes one.
+"""Augmentation: presets and a spec's own pipelines of kornia ops; :func:`build_augment` makes either.
 
-Presets run on whole uint8 batches on the training device, every image with its own random parameters, all
-drawn from the generator passed in. :func:`normalize` turns an augmented batch into the model's input.
+Pipelines run on whole uint8 batches on the training device, every image with its own random parameters, all
+drawn from the generator passed in (kornia's global-RNG draws are seeded from it). :func:`normalize` turns an
+augmented batch into the model's input.
 """
 
 from __future__ import annotations
 
-from worker.augment import (  # noqa: F401  (importing a module registers its preset)
-    colorjitter_flip,
-    cutout,
-    none,
-    perceiver,
-    randomresizedcrop,
-    standard,
-    trivialaugment,
-)
-from worker.augment._registry import build_augment, list_augments, register_augment
+from worker.augment._registry import build_augment, list_augments, preset_recipe
 from worker.augment.base import Augment
-from worker.augment.functional import normalize
+from worker.augment.fastpath import normalize
+from worker.augment.pipeline import Pipeline
 
-__all__ = ["Augment", "build_augment", "list_augments", "normalize", "register_augment"]
+__all__ = ["Augment", "Pipeline", "build_augment", "list_augments", "normalize", "preset_recipe"]

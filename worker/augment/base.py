@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import abc
-from typing import ClassVar
 
 import torch
 
@@ -15,8 +14,8 @@ class Augment(abc.ABC):
     same generator state gives the same output on CPU and on CUDA. Subclasses implement :meth:`apply`.
     """
 
-    name: ClassVar[str]
-    random: ClassVar[bool] = True
+    name: str  # a preset or "pipeline"; instances may carry their preset name
+    random: bool = True
 
     def __init__(self, *, img_size: int) -> None:
         if img_size < 1:

@@ -166,6 +166,16 @@ class Preprocess:
             images = self.augment(images, generator)
         return self._normalize(images, self.mean, self.std)
 
+    def train_batch(self, images: Tensor, labels: Tensor, generator: torch.Generator, *,
+                    num_classes: int) -> tuple[Tensor, Tensor]:
+        """Model inputs and targets: the labels, or ``[N, num_classes]`` probabilities where a mix (MixUp,
+        CutMix) has blended images and so their labels."""
+        mixing = getattr(self.augment, "mixes_labels", False)
+        if not mixing:
+            return self.train(images, generator), labels
+        images, targets = self.augment.augment(images, labels, generator, num_classes=num_classes)  # type: ignore[union-attr]
+        return self._normalize(images, self.mean, self.std), targets
+
     def eval(self, images: Tensor) -> Tensor:
         return self._normalize(images, self.mean, self.std)
 

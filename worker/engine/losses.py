@@ -15,9 +15,10 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
 def one_hot(outputs: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
-    """The (smoothed) one-hot targets of ``labels``, shaped and typed as ``outputs``."""
+    """The (smoothed) one-hot targets of ``labels``, shaped and typed as ``outputs``; soft targets
+    (``[N, classes]`` probabilities, from MixUp or CutMix) are taken as they are, then smoothed."""
     num_classes = outputs.shape[-1]
-    target = F.one_hot(labels, num_classes).to(outputs.dtype)
+    target = labels.to(outputs.dtype) if labels.is_floating_point() else F.one_hot(labels, num_classes).to(outputs.dtype)
     if label_smoothing:
         target = target * (1.0 - label_smoothing) + label_smoothing / num_classes
     return target
@@ -29,7 +30,9 @@ def l2_loss(outputs: Tensor, labels: Tensor, *, label_smoothing: float = 0.0) ->
 
 
 def build_loss(name: LossName, *, label_smoothing: float = 0.0) -> LossFn:
-    """The loss ``fn(outputs, labels) -> scalar`` (mean over the batch), computed in float32."""
+    """The loss ``fn(outputs, labels) -> scalar`` (mean over the batch), computed in float32. ``labels`` are class
+    indices or soft targets (``[N, classes]`` probabilities): cross-entropy with probabilities, l2 and mse
+    against them instead of the one-hot."""
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing=}")
     if name == "cross_entropy":
@@ -54,9 +57,14 @@ def build_loss(name: LossName, *, label_smoothing: float = 0.0) -> LossFn:
     raise ValueError(f"unknown loss {name!r}; valid: cross_entropy, l2, mse")
 
 
+def hard_labels(targets: Tensor) -> Tensor:
+    """Class indices of targets: the labels, or the arg-max of soft targets (what train_acc compares with)."""
+    return targets.argmax(dim=-1) if targets.is_floating_point() else targets
+
+
 def predictions(outputs: Tensor) -> Tensor:
     """Predicted classes: the arg-max of the outputs, for either loss."""
     return outputs.argmax(dim=-1)
 
 
-__all__ = ["LossFn", "LossName", "build_loss", "l2_loss", "predictions"]
+__all__ = ["LossFn", "LossName", "build_loss", "hard_labels", "l2_loss", "predictions"]

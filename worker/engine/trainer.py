@@ -23,7 +23,7 @@ from .budget import Budget
 from .evaluation import loss_and_accuracy
 from .figures import class_names, write_plots
 from .loader import BatchSource, Preprocess, make_batches
-from .losses import build_loss, predictions
+from .losses import build_loss, hard_labels, predictions
 from .optim import build_optimizer, build_scheduler
 from .precision import Precision, resolve_precision
 from .probe import svc_accuracy
@@ -70,8 +70,9 @@ class _Run:
                                       num_workers=t.num_workers, seed=t.seed, on_device=t.data_on_device)
         self.val_src = make_batches(data.val, batch_size=t.batch_size, device=device,
                                     num_workers=t.num_workers, seed=t.seed, on_device=t.data_on_device)
-        augment = build_augment(spec.dataset.augment, img_size=spec.dataset.img_size)
+        augment = build_augment(spec.dataset.augment, img_size=spec.dataset.img_size, in_chans=spec.dataset.in_chans)
         self.prep = Preprocess(data.mean, data.std, augment)
+        self.num_classes = data.num_classes
         self.classes = class_names(data, data.num_classes)
         self.budget = Budget(len(self.train_src), t.batch_size, t.epochs, t.max_inputs, t.max_steps)
         self.optimizer = build_optimizer(model, t, device=device)
@@ -82,7 +83,9 @@ class _Run:
         self.eval_loss = build_loss(t.loss)  # unsmoothed, so val_loss compares across label_smoothing values
         # Shuffling draws on the CPU (the same order on any device); augmentation on the device.
         self.shuffle_gen = torch.Generator().manual_seed(t.seed)
-        self.augment_gen = torch.Generator(device=device).manual_seed(t.seed + 1)
+        # kornia draws its parameters on the CPU, seeded from this generator: keep it there, so the same seed
+        # gives the same images on any device and drawing a batch's seed never waits for the GPU
+        self.augment_gen = torch.Generator().manual_seed(t.seed + 1)
         self.nan_check_every = NAN_CHECK_EVERY_CUDA if device.type == "cuda" else 1
         self.progress = _Progress()
         self.guard: Callable[[], None] | None = None  # called before every checkpoint write (see ``fit``)
@@ -156,10 +159,10 @@ class _Run:
                 break
             images, labels = batch
             step += 1
-            inputs = self.prep.train(images, self.augment_gen)
+            inputs, targets = self.prep.train_batch(images, labels, self.augment_gen, num_classes=self.num_classes)
             with self.precision.autocast():
                 outputs = self.runner(inputs)
-            loss = self.train_loss(outputs, labels)
+            loss = self.train_loss(outputs, targets)
             nonfinite |= ~torch.isfinite(loss.detach())
             if step % self.nan_check_every == 0 and nonfinite.item():
                 raise TrialPruned(epoch, reason="nan loss")
@@ -172,7 +175,7 @@ class _Run:
             scaler.update()
             self.scheduler.after_step()
             loss_sum += loss.detach().double() * len(labels)
-            correct += (predictions(outputs.detach()) == labels).sum()
+            correct += (predictions(outputs.detach()) == hard_labels(targets)).sum()
             seen += len(labels)
         if nonfinite.item():
             raise TrialPruned(epoch, reason="nan loss")

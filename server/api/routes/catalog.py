@@ -24,5 +24,9 @@ def list_models(
 
 @router.get("/datasets", response_model=CatalogPublic)
 def list_datasets(catalog: CatalogDep) -> CatalogPublic:
-    """Dataset names and augmentation presets."""
-    return CatalogPublic(datasets=list(catalog.datasets()), augments=list(catalog.augments()))
+    """Dataset names, augmentation presets with their kornia ops, and the kornia ops a pipeline can name."""
+    from server.core.spec.korniaops import op_names
+
+    return CatalogPublic(datasets=list(catalog.datasets()), augments=list(catalog.augments()),
+                         augment_presets={k: dict(v) for k, v in catalog.augment_recipes(32).items()},
+                         augment_ops=list(op_names()))

@@ -26,3 +26,6 @@ class Catalog(Protocol):
     def missing_data(self, name: str, root: Path, options: Mapping[str, Any], *, download: bool) -> str | None:
         """What of dataset ``name`` (with ``options``) is absent under the data directory ``root``, naming the
         file or folder and how to get it; None when its files are there (or ``download`` will fetch them)."""
+
+    def augment_recipes(self, img_size: int) -> Mapping[str, Mapping[str, Any]]:
+        """Every preset's contents at ``img_size``: ``{ops: [{KorniaClass: {keywords}}, ...], random_apply, ...}``."""

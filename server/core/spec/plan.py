@@ -190,7 +190,7 @@ def _check_names(
         raise SpecError(_blame(spec, point, "dataset.options", ("dataset", "options"), origin),
                         f"unknown option(s) {', '.join(unknown)} for dataset {ds.name!r}; valid: {', '.join(sorted(allowed))}")
     augments = list(catalog.augments())
-    if ds.augment not in augments:
+    if isinstance(ds.augment, str) and ds.augment not in augments:
         raise SpecError(_blame(spec, point, "dataset.augment", ("dataset", "augment"), origin),
                         f"unknown augment preset {ds.augment!r}; valid: {', '.join(augments)}")
 

@@ -23,7 +23,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from server.core.datapaths import check_relative
 from server.core.objectives import EPOCH_METRICS
-from server.core.spec import torchnames
+from server.core.spec import korniaops, torchnames
 from server.core.spec.limits import MAX_EPOCHS, MAX_KEYS, MAX_STR, check_arch_ints, check_mapping, short_repr
 from server.core.spec.paths import check_path_syntax
 
@@ -87,11 +87,35 @@ class NormalizeStats(Strict):
         return self
 
 
+class AugmentPipeline(Strict):
+    """A pipeline of kornia ops: ``{ops: [{RandomCrop: {size: [32, 32], padding: 4}}, ...], random_apply: [1, 4]}``.
+
+    ``random_apply`` is kornia's own (``ImageSequential``): how many of the image ops to apply, chosen once per
+    batch and run in a random order; unset, every op runs in order.
+    """
+
+    ops: list[dict[str, Any]] = Field(min_length=1, max_length=korniaops.MAX_OPS,
+                                      description="kornia.augmentation ops, each {ClassName: {keywords}}.")
+    random_apply: int | list[int] | bool | None = Field(
+        None, description="kornia's random_apply: n, [lo, hi] or true; chosen per batch.")
+
+    @field_validator("ops")
+    @classmethod
+    def _ops_bounded(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for i, op in enumerate(value):
+            check_mapping(op, f"ops[{i}]")
+        return value
+
+
 class DatasetSpec(Strict):
     name: str = Field(max_length=MAX_STR, description="Registered dataset name; see `vitsweep datasets`.")
     img_size: int = Field(32, ge=4, le=1024, description="Images are resized to img_size x img_size.")
     in_chans: int = Field(3, ge=1, le=4, description="Grayscale data is expanded to this many channels.")
-    augment: str = Field("none", max_length=MAX_STR, description="Augmentation preset applied to training batches.")
+    augment: str | list[dict[str, Any]] | AugmentPipeline = Field(
+        "none",
+        description="A preset name (see `vitsweep datasets`), a list of kornia.augmentation ops "
+        "[{RandomCrop: {size: [32, 32], padding: 4}}, ...], or {ops: [...], random_apply: [lo, hi]}.",
+    )
     normalize: NormalizeName | NormalizeStats = Field(
         "dataset",
         description="dataset: its own statistics; none: x/255; imagenet or cifar10: their constants; or "
@@ -123,6 +147,41 @@ class DatasetSpec(Strict):
             return value
         raise error_at((), f"normalize must be one of {', '.join(get_args(NormalizeName))} or {{mean: [...], std: "
                        f"[...]}}; got {short_repr(value)}", value)
+
+    @field_validator("augment", mode="wrap")
+    @classmethod
+    def _augment(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        if isinstance(value, str):
+            if len(value) > MAX_STR:
+                raise error_at((), f"an augment preset name has at most {MAX_STR} characters", None)
+            return value
+        if isinstance(value, list):
+            check_value_list = revalidate(AugmentPipeline, {"ops": value})  # bounded like any pipeline
+            return check_value_list.ops
+        if isinstance(value, dict):
+            return revalidate(AugmentPipeline, value)
+        if isinstance(value, AugmentPipeline):
+            return value
+        raise error_at((), "augment is a preset name, a list of kornia ops [{ClassName: {keywords}}, ...] or "
+                       f"{{ops: [...], random_apply: [lo, hi]}}; got {short_repr(value)}", value)
+
+    @model_validator(mode="after")
+    def _augment_builds(self) -> DatasetSpec:
+        if isinstance(self.augment, str):
+            return self  # a preset: its name is checked against the worker's catalog (plan)
+        ops, random_apply, where = self.augment_ops()
+        try:
+            korniaops.check_pipeline(ops, random_apply, where=where, img_size=self.img_size, in_chans=self.in_chans)
+        except korniaops.OpError as exc:
+            raise error_at(("augment", *exc.loc), str(exc), None) from None
+        return self
+
+    def augment_ops(self) -> tuple[list[dict[str, Any]], Any, tuple[str, ...]]:
+        """A pipeline's ops, its ``random_apply`` and where its ops sit below ``augment`` (as the user wrote it)."""
+        if isinstance(self.augment, AugmentPipeline):
+            return self.augment.ops, self.augment.random_apply, ("ops",)
+        assert isinstance(self.augment, list), "a preset name has no ops here"
+        return self.augment, None, ()
 
     @model_validator(mode="after")
     def _normalize_channels(self) -> DatasetSpec:

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from worker.augment import functional as AF
-from worker.augment._registry import register_augment
-from worker.augment.standard import Standard
+from bench.baseline import functional as AF
+from bench.baseline.standard import Standard
 
 
-@register_augment
 class Cutout(Standard):
     """The ``standard`` crop and flip, then a square of half the image side zeroed at a random centre (it may
     hang over the border, as in the paper), a different square for every image.

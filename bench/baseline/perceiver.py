@@ -6,14 +6,12 @@ from collections.abc import Callable
 
 import torch
 
-from worker.augment import functional as AF
-from worker.augment._registry import register_augment
+from bench.baseline import functional as AF
 from worker.augment.base import Augment
 
 Op = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-@register_augment
 class Perceiver(Augment):
     """Per image, 1 to 4 distinct transforms (uniformly many, uniformly which) out of: colour jitter 0.2
     (brightness, contrast, saturation and hue each 0.2), horizontal flip, vertical flip, rotation by 0 to 180

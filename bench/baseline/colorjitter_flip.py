@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from worker.augment import functional as AF
-from worker.augment._registry import register_augment
+from bench.baseline import functional as AF
 from worker.augment.base import Augment
 
 
-@register_augment
 class ColorJitterFlip(Augment):
     """``ColorJitter(0.4, 0.4, 0.4, 0.1)`` (the SimCLR/timm strengths) and a left-right flip with p = 1/2,
     every image with its own factors. Saturation and hue leave single-channel images alone.

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from worker.augment import functional as AF
-from worker.augment._registry import register_augment
+from bench.baseline import functional as AF
 from worker.augment.base import Augment
 
 
-@register_augment
 class Standard(Augment):
     """Pad by 4 pixels (reflect) at 32 px, scaled as ``img_size // 8`` above that, crop back at a random
     offset, and flip left-right with probability 1/2; every image its own offset and flip.

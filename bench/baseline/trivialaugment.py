@@ -6,8 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from worker.augment import functional as AF
-from worker.augment._registry import register_augment
+from bench.baseline import functional as AF
 from worker.augment.base import Augment
 
 NUM_BINS = 31
@@ -17,7 +16,6 @@ OPS = (
 )  # fmt: skip
 
 
-@register_augment
 class TrivialAugment(Augment):
     """torchvision's ``TrivialAugmentWide`` per sample: each image gets one of 14 operations with a uniformly
     drawn strength bin (of 31) and sign. Geometric operations use nearest sampling and fill with 0, as there.

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from worker.augment import functional as AF
-from worker.augment._registry import register_augment
+from bench.baseline import functional as AF
 from worker.augment.base import Augment
 
 
-@register_augment
 class RandomResizedCrop(Augment):
     """A crop of 8% to 100% of the area (``scale``) with aspect ratio 3/4 to 4/3, resized back to the image
     size (bilinear), then a left-right flip with p = 1/2; every image its own crop. ``scale=(0.5, 1.0)`` is the
