@@ -63,8 +63,8 @@ def test_cpu_mode_runs_every_step(tmp_path: Path) -> None:
     assert not [v for v in env["imports"].values() if v.startswith("ERROR")]
 
     tests = res["steps"]["cuda_tests"]["figures"]
-    assert tests["files"] == ["tests/worker/test_augment.py"]
-    assert tests["collected"] == tests["skipped"] >= 7 and tests["failed"] == 0  # skipped without a GPU
+    assert tests["files"] == ["tests/worker/test_augment.py", "tests/worker/test_engine_parts.py"]
+    assert tests["collected"] == tests["skipped"] >= 8 and tests["failed"] == 0  # skipped without a GPU
 
     from vitmodels import list_models
 
