@@ -21,6 +21,8 @@ from worker.augment.base import Augment
 
 SEED_BOUND = 2**62
 PER_IMAGE_POLICIES = ("TrivialAugment", "AutoAugment")  # kornia picks their sub-policy once per call
+FastCropFlip = tuple[int, FP.PadMode, float]  # (padding, pad mode, flip p) of the hand-written crop and flip
+NO_FAST_PATH: FastCropFlip = (0, "zeros", 0.0)
 
 
 class PerImagePolicy(torch.nn.Module):
@@ -41,11 +43,11 @@ class PerImagePolicy(torch.nn.Module):
         return out
 
 
-def _fast_crop_flip(ops: Sequence[tuple[str, dict[str, Any]]], img_size: int) -> tuple[tuple[int, FP.PadMode, float], int]:
+def _fast_crop_flip(ops: Sequence[tuple[str, dict[str, Any]]], img_size: int) -> tuple[FastCropFlip, int]:
     """``((padding, mode, flip_p), ops consumed)`` where the pipeline starts with the CIFAR recipe's
     ``RandomCrop(size=img_size, padding=p)`` (constant or reflect padding, nothing else set) and optionally
-    ``RandomHorizontalFlip(p)``; ``((0, "zeros", 0.0), 0)`` otherwise."""
-    none: tuple[tuple[int, FP.PadMode, float], int] = ((0, "zeros", 0.0), 0)
+    ``RandomHorizontalFlip(p)``; ``(NO_FAST_PATH, 0)`` otherwise."""
+    none = (NO_FAST_PATH, 0)
     if not ops or ops[0][0] != "RandomCrop":
         return none
     kw = dict(ops[0][1])
@@ -78,7 +80,7 @@ class Pipeline(Augment):
 
         self.spec_ops = [korniaops.split_op(op) for op in ops]
         parsed = list(self.spec_ops)
-        self.fast, used = _fast_crop_flip(parsed, img_size) if random_apply is None else (((0, "zeros", 0.0)), 0)
+        self.fast, used = _fast_crop_flip(parsed, img_size) if random_apply is None else (NO_FAST_PATH, 0)
         parsed = parsed[used:]
         image_ops = [(n, kw) for n, kw in parsed if n not in korniaops.MIX]
         self.image_ops = [self._image_op(n, kw) for n, kw in image_ops]
@@ -121,7 +123,7 @@ class Pipeline(Augment):
             return images, labels
         seed = int(torch.randint(0, SEED_BOUND, (1,), generator=generator, device=generator.device).item())
         padding, mode, flip_p = self.fast
-        if self.fast != (0, "zeros", 0.0):
+        if self.fast != NO_FAST_PATH:
             n, dev = images.shape[0], images.device
             pad = min(padding, images.shape[-1] - 1, images.shape[-2] - 1)
             offsets = FP.randint(generator, -pad, pad + 1, (2, n), dev)
