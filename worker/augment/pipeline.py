@@ -90,9 +90,7 @@ class Pipeline(Augment):
         self.counts: tuple[int, int] | None = None
         self.sequence: Any = None
         if random_apply is not None and per_sample:
-            read = korniaops.read_random_apply(random_apply, len(self.image_ops))
-            lo, hi = (read, read) if isinstance(read, int) else (read[0], read[-1] if len(read) == 2 else len(self.image_ops))
-            self.counts = (int(lo), int(hi))
+            self.counts = korniaops.random_apply_range(random_apply, len(self.image_ops))
         elif self.image_ops:
             ra = False if random_apply is None else korniaops.read_random_apply(random_apply, len(self.image_ops))
             self.sequence = ImageSequential(*self.image_ops, random_apply=ra)

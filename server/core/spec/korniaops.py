@@ -132,21 +132,27 @@ def _culprit(message: str, keywords: Mapping[str, Any]) -> str:
     return next(iter(keywords)) if len(keywords) == 1 else ""
 
 
+def random_apply_range(value: Any, n_ops: int) -> tuple[int, int]:
+    """The inclusive ``(lo, hi)`` count of ops ``random_apply`` picks: n, ``[lo, hi]`` or ``[lo]`` (up to all
+    ``n_ops``)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        lo, hi = value, value
+    elif isinstance(value, list | tuple) and len(value) in (1, 2) and all(isinstance(v, int) and not isinstance(v, bool)
+                                                                          for v in value):
+        lo, hi = value[0], value[-1] if len(value) == 2 else n_ops
+    else:
+        raise OpError(("random_apply",), f"random_apply is n, [lo, hi] or true (kornia's ImageSequential); got {value!r}")
+    if not 0 <= lo <= hi or lo > n_ops:
+        raise OpError(("random_apply",), f"random_apply must pick 0 <= lo <= hi ops of the {n_ops} image op(s); "
+                                         f"got {value!r}")
+    return lo, hi
+
+
 def read_random_apply(value: Any, n_ops: int) -> int | tuple[int, int] | bool:
     """``random_apply`` as kornia's ImageSequential takes it: n, ``[lo, hi]`` (inclusive), ``[lo]`` or a bool."""
     if isinstance(value, bool):
         return value
-    if isinstance(value, int):
-        counts: tuple[int, ...] = (value, value)
-    elif isinstance(value, list | tuple) and len(value) in (1, 2) and all(isinstance(v, int) and not isinstance(v, bool)
-                                                                          for v in value):
-        counts = (value[0], value[-1] if len(value) == 2 else n_ops)
-    else:
-        raise OpError(("random_apply",), f"random_apply is n, [lo, hi] or true (kornia's ImageSequential); got {value!r}")
-    lo, hi = counts
-    if not 0 <= lo <= hi or lo > n_ops:
-        raise OpError(("random_apply",), f"random_apply must pick 0 <= lo <= hi ops of the {n_ops} image op(s); "
-                                         f"got {value!r}")
+    lo, hi = random_apply_range(value, n_ops)
     if isinstance(value, int):
         return value
     return (lo, hi) if len(value) == 2 else (lo,)  # type: ignore[return-value]
