@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -37,6 +38,15 @@ def share_compile_cache(home: Path) -> Path:
     inductor = Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(home / "cache" / "inductor")))
     os.environ.setdefault("TRITON_CACHE_DIR", str(inductor / "triton"))
     return inductor
+
+
+def settle_heap() -> None:
+    """Collect what the last trial left, and freeze what outlived it (modules, the worker's own state) as the
+    process's for good: the full collection each trial starts with (``PeakMemory``) then walks only that trial's
+    objects. Walking every module's objects again was 0.2 s a trial in a slot process, 0.4 s in a test process.
+    ``Worker.run`` unfreezes on its way out, for a process that goes on without it."""
+    gc.collect()
+    gc.freeze()
 
 
 @dataclass
@@ -79,7 +89,18 @@ class Worker:
     def run(self) -> int:
         """Claim and run trials until stopped; returns the number of trials this worker finished or released."""
         log.info("worker %s started", self.worker_id)
+        try:
+            self._loop()
+        finally:
+            gc.unfreeze()
+        if not self.backends.tracker.flush(timeout=60):  # a released trial's last epochs, before the process ends
+            log.warning("worker %s: some MLflow metrics were still unsent after 60s", self.worker_id)
+        log.info("worker %s stopped after %d trials", self.worker_id, self.trials_run)
+        return self.trials_run
+
+    def _loop(self) -> None:
         last_reap = 0.0
+        settle_heap()
         while not self._stop.is_set():
             if self.options.max_trials is not None and self.trials_run >= self.options.max_trials:
                 break
@@ -106,10 +127,7 @@ class Worker:
                 state = None
             log.info("trial %s of sweep %s ended: %s", claim.number, claim.sweep_id, state.value if state else "released")
             self.trials_run += 1
-        if not self.backends.tracker.flush(timeout=60):  # a released trial's last epochs, before the process ends
-            log.warning("worker %s: some MLflow metrics were still unsent after 60s", self.worker_id)
-        log.info("worker %s stopped after %d trials", self.worker_id, self.trials_run)
-        return self.trials_run
+            settle_heap()
 
     def _reap(self) -> None:
         """Requeue trials of dead workers; close the ones out of attempts in Optuna and MLflow too."""
