@@ -17,6 +17,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from types import FrameType
 
@@ -56,6 +57,16 @@ def parse_devices(spec: str) -> list[str]:
         if int(d[5:]) >= torch.cuda.device_count():
             raise ValueError(f"device {d!r} is not visible; {torch.cuda.device_count()} CUDA device(s) found")
     return ["cuda:0" if d == "cuda" else d for d in devices]
+
+
+def slot_threads(n_slots: int, env: Mapping[str, str] | None = None) -> int:
+    """torch threads of each slot: the cores this process may use shared among ``n_slots`` slots, at most
+    ``OMP_NUM_THREADS`` where that is set (the usual cap of a process's threads, e.g. beside other jobs)."""
+    env = os.environ if env is None else env
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    share = max(1, cores // max(1, n_slots))
+    cap = env.get("OMP_NUM_THREADS", "").strip()
+    return min(share, int(cap)) if cap.isdigit() and int(cap) > 0 else share
 
 
 @dataclass
@@ -134,7 +145,7 @@ class Supervisor:
 
     def _threads(self, n_slots: int) -> int:
         cpu_slots = sum(self._initial_slots(d) for d in self.options.devices if d == "cpu")
-        return max(1, (os.cpu_count() or 1) // max(1, cpu_slots or n_slots))
+        return slot_threads(cpu_slots or n_slots)
 
     def _spawn(self, slot: WorkerOptions, threads: int) -> mp.process.BaseProcess:
         proc = self._ctx.Process(target=_child, args=(self.settings, slot, threads, os.getpid()),

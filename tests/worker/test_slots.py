@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -214,3 +215,14 @@ def test_autoscale_reads_the_store_and_adds_a_slot(settings, backends, monkeypat
     assert spawned == [("cuda:0", 1)]
     assert [(w.device, w.slot) for w in slots] == [("cuda:0", 0), ("cuda:0", 1)]
     assert pids[1] == [4242] and auto["cuda:0"].levels == [Level(1, 30_000.0, float(2 * GiB))]
+
+
+def test_slot_threads_share_the_cores_capped_by_omp_num_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker.supervisor import slot_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert [slot_threads(n, env={}) for n in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
+    assert slot_threads(1, env={"OMP_NUM_THREADS": "2"}) == 2  # the cap of a process beside other jobs
+    assert slot_threads(8, env={"OMP_NUM_THREADS": "2"}) == 1  # never more than the share
+    assert slot_threads(2, env={"OMP_NUM_THREADS": ""}) == slot_threads(2, env={"OMP_NUM_THREADS": "0"}) == 4
+    assert slot_threads(2, env={"OMP_NUM_THREADS": "many"}) == 4
