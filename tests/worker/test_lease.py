@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import time
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -19,7 +20,7 @@ from tests.worker.test_recovery import _assert_continuous, _trial, _wait
 LEASE = {"VITSWEEP_LEASE_SECONDS": "3", "VITSWEEP_HEARTBEAT_SECONDS": "1", "VITSWEEP_MAX_ATTEMPTS": "5"}
 # A slot stopped in the middle of a write transaction would hold SQLite's write lock (the store's, or the embedded
 # MLflow store's) until it is continued, and every other worker would wait on it: the tests stop slots mid-epoch
-# (or well after their last epoch's writes), where only a heartbeat a second is ever in flight.
+# (or well after their last epoch's writes), and only where neither store is locked (``_stop_outside_writes``).
 # The end-of-trial figures, as MLflow holds them (summary/<name>, apart from the per-epoch curves).
 SUMMARY = tuple(f"summary/{k}" for k in ("param_count", "flops_per_image", "best_val_acc", "final_val_loss", "seconds_per_epoch"))
 
@@ -34,6 +35,39 @@ STALE = quick_spec(
 def _slot(trial: dict) -> int:  # type: ignore[type-arg]
     """The pid of the slot process that holds the trial (worker ids are ``host:pid:device:slot``)."""
     return int(trial["worker_id"].split(":")[1])
+
+
+def _sqlite_stores(settings) -> list[Path]:  # type: ignore[no-untyped-def]
+    """The SQLite files a slot writes to: the vitsweep store and the embedded MLflow store."""
+    urls = (settings.db_url, settings.tracking_uri)
+    return [Path(url.removeprefix("sqlite:///")) for url in urls if url.startswith("sqlite:///")]
+
+
+def _unlocked(path: Path) -> bool:
+    """No other connection holds a lock a writer would wait on (``BEGIN EXCLUSIVE`` is granted)."""
+    conn = sqlite3.connect(path, timeout=0.2)
+    try:
+        conn.execute("BEGIN EXCLUSIVE")
+        conn.rollback()
+        return True
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        conn.close()
+
+
+def _stop_outside_writes(pid: int, stores: list[Path]) -> None:
+    """SIGSTOP the slot where it holds no SQLite lock. Stopped inside a write (its heartbeat, MLflow's system
+    metrics thread, the background metrics logger), it would hold the store until continued, and every other
+    worker's write would fail with "database is locked" (the new owner's trial failed so, once). Stopped holding
+    one, it goes on for a moment and is stopped again."""
+    for _ in range(500):
+        os.kill(pid, signal.SIGSTOP)
+        if all(_unlocked(path) for path in stores):
+            return
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(0.005)
+    raise AssertionError(f"slot {pid} held a SQLite lock at every one of 500 stops")
 
 
 def _written_since(folder: Path, since: float) -> dict[Path, int]:
@@ -65,7 +99,7 @@ def test_a_slot_stalled_past_its_lease_writes_nothing_and_resume_takes_the_owner
         first = _wait(lambda: (t := _trial(client, sweep["id"]))["epochs_done"] >= 2 and t, 900, "two epochs")
         time.sleep((time.monotonic() - began) / 2)  # the middle of the next epoch
         stale = _slot(first)
-        os.kill(stale, signal.SIGSTOP)  # mid-epoch, its lease running out
+        _stop_outside_writes(stale, _sqlite_stores(settings))  # mid-epoch, its lease running out
         workers.start("owner")
         owner = _wait(lambda: (t := _trial(client, sweep["id"]))["worker_id"] and _slot(t) != stale
                       and t["epochs_done"] >= first["epochs_done"] + 3 and t, 900, "the new owner's epochs")
@@ -113,7 +147,7 @@ def test_a_slot_stalled_after_its_last_epoch_uploads_and_logs_nothing(client, se
             time.sleep(0.02)
         time.sleep(0.5)  # past the last epoch's writes, in the probe or the plots
         stale = _slot(last)
-        os.kill(stale, signal.SIGSTOP)
+        _stop_outside_writes(stale, _sqlite_stores(settings))
         assert _trial(client, sweep["id"])["state"] == "running", "the slot finished before it could be stopped"
         workers.start("owner")
         done = _wait(lambda: (t := _trial(client, sweep["id"]))["state"] == "completed" and t, 900, "completion")
