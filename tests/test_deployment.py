@@ -184,6 +184,13 @@ def test_compose_like_deployment_survives_a_killed_worker(pg_url: str, mlflow_db
         assert again["mlflow_run_id"] == victim["mlflow_run_id"]
         assert [t["number"] for t in rows if t["attempts"] != 1] == [victim["number"]]
 
+        # The store says the sweep ended as the last trial's result is written; its worker closes the trial in Optuna
+        # and MLflow, and the sweep's MLflow run, just after. Burst workers exit once that is done: wait for them.
+        for p in procs:
+            if p.name.startswith("worker"):
+                p.popen.wait(60)
+                assert p.popen.returncode == 0, p.tail()
+
         # -- Optuna (same database): one trial per row, all complete ----------------------------------------
         storage = optuna.storages.RDBStorage(pg_url)
         study = optuna.load_study(study_name=final["study_name"], storage=storage)
@@ -209,11 +216,6 @@ def test_compose_like_deployment_survives_a_killed_worker(pg_url: str, mlflow_db
         assert int(resumed.data.tags["vitsweep.resumed_from_epoch"]) >= victim["epochs_done"]
         # The replacement ran on another "machine": it resumed from the checkpoint synced to the MLflow server.
         assert "checkpoints" in {a.path for a in ml.list_artifacts(victim["mlflow_run_id"])}
-
-        for p in procs:
-            if p.name.startswith("worker"):
-                p.popen.wait(60)
-                assert p.popen.returncode == 0, p.tail()
     finally:
         for p in procs:
             if p.alive():
