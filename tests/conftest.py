@@ -11,7 +11,6 @@ PostgreSQL database for tests whose processes migrate it themselves.
 
 from __future__ import annotations
 
-import gc
 import os
 import shutil
 import sqlite3
@@ -225,10 +224,10 @@ def pytest_runtest_logfinish(nodeid: str, location: tuple[str, int | None, str])
 
 
 def _settle_heap() -> None:
-    """What outlives a test (modules, session fixtures, caches) is frozen once it has outlived it, after the
-    test's garbage is collected: the full collection each training run starts with (``PeakMemory``) then walks
-    only what the running test made, not every module of the suite again (0.4 s a run, before). The worker does
-    the same between trials (``worker.worker.settle_heap``); a worker run in a test unfreezes on its way out,
-    and the next test's end freezes again."""
-    gc.collect()
-    gc.freeze()
+    """What outlives a test (modules, session fixtures, caches) is frozen once its garbage is collected, as the
+    worker does between trials: the full collection each training run starts with (``PeakMemory``) then walks
+    only what the running test made, not every module of the suite again (0.4 s a run, before). A worker run in
+    a test unfreezes on its way out, and the next test's end freezes again."""
+    from worker.worker import settle_heap
+
+    settle_heap()
