@@ -13,7 +13,9 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 import torch
+from sqlalchemy.engine import make_url
 
+from server.core.db import is_sqlite
 from tests.helpers import WorkerProcesses, quick_spec
 from tests.worker.test_recovery import _assert_continuous, _trial, _wait
 
@@ -40,7 +42,7 @@ def _slot(trial: dict) -> int:  # type: ignore[type-arg]
 def _sqlite_stores(settings) -> list[Path]:  # type: ignore[no-untyped-def]
     """The SQLite files a slot writes to: the vitsweep store and the embedded MLflow store."""
     urls = (settings.db_url, settings.tracking_uri)
-    return [Path(url.removeprefix("sqlite:///")) for url in urls if url.startswith("sqlite:///")]
+    return [Path(str(make_url(url).database)) for url in urls if is_sqlite(url)]
 
 
 def _unlocked(path: Path) -> bool:
